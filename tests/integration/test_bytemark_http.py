@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 import requests
+from requests.adapters import HTTPAdapter
+
 from bytemark_cache.adapters.bytemark_http import BytemarkHttpSource
 from bytemark_cache.errors import TokenRevoked, UpstreamError
 from bytemark_simulator import AdminClient, SimulatorServer
-from requests.adapters import HTTPAdapter
 
 pytestmark = pytest.mark.integration
 

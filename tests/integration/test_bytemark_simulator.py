@@ -16,9 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import bytemark_simulator
 import pytest
 import requests
+
+import bytemark_simulator
 from bytemark_simulator import FAULT_KINDS, AdminClient, SimulatorAdminError, SimulatorServer
 
 pytestmark = pytest.mark.integration

@@ -9,6 +9,7 @@ from email.utils import format_datetime
 from typing import Any
 
 import pytest
+
 from bytemark_cache.adapters.bytemark_http import (
     BytemarkHttpSource,
     backoff_delay,

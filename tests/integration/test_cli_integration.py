@@ -1,0 +1,89 @@
+"""``python -m bytemark_cache`` as a real subprocess: help without configuration, and configuration errors.
+
+These need no server: they check the entry point, the lazy wiring and the exit codes a shell script sees.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+TIMEOUT_SECONDS = 60
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run the CLI with exactly ``env`` (plus PATH and the layer on PYTHONPATH)."""
+    return subprocess.run(
+        [sys.executable, "-m", "bytemark_cache", *args],
+        cwd=REPO,
+        env={
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHONPATH": str(REPO / "layers/shared"),
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_SECONDS,
+        check=False,
+    )
+
+
+def test_help_works_without_any_configuration() -> None:
+    result = cli("--help", env={})
+
+    assert result.returncode == 0, result.stderr
+    for command in ("show", "sync", "log", "backfill"):
+        assert command in result.stdout
+    assert result.stderr == ""
+
+
+def test_command_help_works_without_any_configuration() -> None:
+    result = cli("backfill", "--help", env={})
+
+    assert result.returncode == 0, result.stderr
+    assert "--mode {missing,stale}" in result.stdout
+    assert "--dry-run" in result.stdout
+
+
+def test_missing_settings_exit_5_naming_every_one() -> None:
+    result = cli("show", "42", env={"MYSQL_PASSWORD": "not-shown", "BYTEMARK_PAGE_SIZE": "many"})
+
+    assert result.returncode == 5
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert all(line.startswith("bytemark_cache: error: configuration error: ") for line in lines), lines
+    for name in ("MONGODB_URI", "MYSQL_HOST", "MYSQL_USER", "BYTEMARK_API_URL", "BYTEMARK_PAGE_SIZE"):
+        assert any(name in line for line in lines), name
+    assert "not-shown" not in result.stderr
+
+
+def test_a_malformed_secret_setting_is_named_but_not_echoed() -> None:
+    env = {
+        "MONGODB_URI": "http://btc_app:hunter2@db.internal/",
+        "MYSQL_HOST": "127.0.0.1",
+        "MYSQL_USER": "app",
+        "BYTEMARK_API_URL": "http://127.0.0.1:1",
+    }
+
+    result = cli("sync", "42", env=env)
+
+    assert result.returncode == 5
+    assert result.stderr.count("\n") == 1
+    assert "MONGODB_URI" in result.stderr
+    assert "hunter2" not in result.stderr
+
+
+def test_usage_error_exits_2_before_reading_configuration() -> None:
+    result = cli("backfill", "--mode", "everyone", env={})
+
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr
+    assert "configuration" not in result.stderr

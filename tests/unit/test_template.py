@@ -1,0 +1,548 @@
+"""template.yaml and samconfig.toml: the deployment rules a platform team relies on, checked offline.
+
+The template is read with a SafeLoader that understands CloudFormation's short-form tags (``!Ref``,
+``!Sub``, ``!GetAtt``, ``!If`` …) and turns them into their long form, as CloudFormation does.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "template.yaml"
+SAMCONFIG = ROOT / "samconfig.toml"
+
+SPEC_SETTINGS = {
+    "MONGODB_DATABASE",
+    "CACHE_COLLECTION",
+    "LOG_COLLECTION",
+    "MYSQL_HOST",
+    "MYSQL_PORT",
+    "MYSQL_DATABASE",
+    "BYTEMARK_API_URL",
+    "BYTEMARK_TIMEOUT_SECONDS",
+    "BYTEMARK_PAGE_SIZE",
+    "CACHE_TTL_SECONDS",
+    "UPDATE_QUEUE_URL",
+    "AGENCY_TIMEZONE",
+    "PASSES4_LIMIT",
+    "MONGODB_SECRET_ARN",
+    "MYSQL_SECRET_ARN",
+    "POWERTOOLS_SERVICE_NAME",
+    "POWERTOOLS_METRICS_NAMESPACE",
+    "POWERTOOLS_LOG_LEVEL",
+}
+# AWS managed policies a role may attach: each lists its actions explicitly (no wildcard actions).
+ALLOWED_MANAGED_POLICIES = {"service-role/AWSLambdaVPCAccessExecutionRole"}
+# SAM policy templates whose expansion is scoped to the resource passed in.
+ALLOWED_POLICY_TEMPLATES = {
+    "SQSSendMessagePolicy",
+    "AWSSecretsManagerGetSecretValuePolicy",
+    "SQSPollerPolicy",
+}
+NO_VALUE = {"Ref": "AWS::NoValue"}
+
+
+class CloudFormationLoader(yaml.SafeLoader):
+    """SafeLoader that reads CloudFormation short-form intrinsic tags as their long form."""
+
+
+def _intrinsic(tag: str) -> Any:
+    key = tag if tag in ("Ref", "Condition") else f"Fn::{tag}"
+
+    def construct(loader: yaml.SafeLoader, node: yaml.Node) -> dict[str, Any]:
+        value: Any
+        if isinstance(node, yaml.ScalarNode):
+            value = loader.construct_scalar(node)
+            if tag == "GetAtt":
+                value = str(value).split(".", 1)
+        elif isinstance(node, yaml.SequenceNode):
+            value = loader.construct_sequence(node, deep=True)
+        else:
+            value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+        return {key: value}
+
+    return construct
+
+
+for _tag in (
+    "Ref", "Condition", "Sub", "GetAtt", "If", "Equals", "Not", "And", "Or", "Join", "Select", "Split",
+    "FindInMap", "ImportValue", "Base64", "Cidr", "GetAZs", "Transform", "ToJsonString", "Length",
+):  # fmt: skip
+    CloudFormationLoader.add_constructor(f"!{_tag}", _intrinsic(_tag))
+
+
+def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
+    """template.yaml as a dict, intrinsic functions in long form."""
+    document: dict[str, Any] = yaml.load(path.read_text(), Loader=CloudFormationLoader)
+    return document
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return load_template()
+
+
+@pytest.fixture(scope="module")
+def samconfig() -> dict[str, Any]:
+    return tomllib.loads(SAMCONFIG.read_text())
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def resources_of(template: dict[str, Any], resource_type: str) -> dict[str, dict[str, Any]]:
+    return {name: res for name, res in template["Resources"].items() if res["Type"] == resource_type}
+
+
+def functions(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    found = resources_of(template, "AWS::Serverless::Function")
+    assert found, "the template defines no AWS::Serverless::Function"
+    return found
+
+
+def function_setting(template: dict[str, Any], function: dict[str, Any], name: str) -> Any:
+    """A function property, falling back to Globals.Function as SAM does."""
+    properties = function.get("Properties", {})
+    if name in properties:
+        return properties[name]
+    return template.get("Globals", {}).get("Function", {}).get(name)
+
+
+def branches(value: Any) -> Iterator[Any]:
+    """Every value an ``Fn::If`` may produce (recursively), without ``AWS::NoValue``."""
+    if isinstance(value, dict) and set(value) == {"Fn::If"}:
+        for branch in value["Fn::If"][1:]:
+            yield from branches(branch)
+    elif value != NO_VALUE:
+        yield value
+
+
+def walk(node: Any) -> Iterator[tuple[str, Any]]:
+    """Every (key, value) pair of every mapping in ``node``."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key, value
+            yield from walk(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from walk(item)
+
+
+def strings(node: Any) -> Iterator[str]:
+    """Every string leaf in ``node``."""
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from strings(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from strings(item)
+
+
+def policy_statements(template: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every IAM statement in the template (inline role policies, policy resources, SAM statements)."""
+    for key, value in walk(template["Resources"]):
+        if key == "Statement":
+            items = value if isinstance(value, list) else [value]
+            for item in items:
+                for statement in branches(item):
+                    assert isinstance(statement, dict), f"unexpected statement {statement!r}"
+                    yield statement
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def ref_target(value: Any) -> str | None:
+    """The logical id named by ``Ref`` or ``Fn::GetAtt``, else None."""
+    if isinstance(value, dict):
+        if "Ref" in value:
+            return str(value["Ref"])
+        if "Fn::GetAtt" in value:
+            return str(value["Fn::GetAtt"][0])
+    return None
+
+
+def events_of(function: dict[str, Any], *types: str) -> dict[str, dict[str, Any]]:
+    events = function.get("Properties", {}).get("Events", {}) or {}
+    return {name: event for name, event in events.items() if event["Type"] in types}
+
+
+def timeout_of(template: dict[str, Any], function: dict[str, Any]) -> int:
+    timeout = function_setting(template, function, "Timeout")
+    assert isinstance(timeout, int), "function timeouts must be literal integers to be checkable"
+    return timeout
+
+
+# ---------------------------------------------------------------- architecture and layer
+
+
+def test_every_function_and_the_layer_share_one_architecture(template: dict[str, Any]) -> None:
+    architectures: dict[str, tuple[str, ...]] = {}
+    for name, function in functions(template).items():
+        value = function_setting(template, function, "Architectures")
+        assert value, f"{name} has no Architectures (neither its own nor in Globals)"
+        architectures[name] = tuple(value)
+    for name, layer in resources_of(template, "AWS::Serverless::LayerVersion").items():
+        architectures[name] = tuple(layer["Properties"]["CompatibleArchitectures"])
+        architectures[f"{name} BuildArchitecture"] = (layer["Metadata"]["BuildArchitecture"],)
+    assert all(len(value) == 1 for value in architectures.values()), architectures
+    assert len(set(architectures.values())) == 1, f"mixed architectures: {architectures}"
+
+
+def test_the_shared_layer_is_built_by_sam_from_an_unnested_package(template: dict[str, Any]) -> None:
+    layer = template["Resources"]["SharedLayer"]
+    runtime = template["Globals"]["Function"]["Runtime"]
+    assert layer["Metadata"]["BuildMethod"] == runtime == "python3.11"
+    assert runtime in layer["Properties"]["CompatibleRuntimes"]
+    source = ROOT / layer["Properties"]["ContentUri"]
+    assert (source / "requirements.txt").is_file()
+    assert (source / "bytemark_cache" / "__init__.py").is_file()
+    # SAM adds python/ itself; a nested one would end up as python/python/ and break every import.
+    assert not (source / "python").exists()
+
+
+def test_every_function_runs_with_the_shared_layer(template: dict[str, Any]) -> None:
+    for name, function in functions(template).items():
+        layers = function_setting(template, function, "Layers") or []
+        assert {"Ref": "SharedLayer"} in layers, f"{name} does not use SharedLayer"
+        assert function_setting(template, function, "Runtime") == "python3.11", name
+
+
+def test_every_handler_file_exists_and_defines_its_handler(template: dict[str, Any]) -> None:
+    for name, function in functions(template).items():
+        properties = function["Properties"]
+        module, _, attribute = properties["Handler"].rpartition(".")
+        source = ROOT / properties["CodeUri"] / (module.replace(".", "/") + ".py")
+        assert source.is_file(), f"{name}: {source} does not exist"
+        tree = ast.parse(source.read_text(), filename=str(source))
+        defined = {
+            node.name for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        }
+        assert attribute in defined, f"{name}: {source} defines no top-level {attribute}()"
+
+
+def test_globals_carry_tracing_and_every_spec_setting(template: dict[str, Any]) -> None:
+    globals_function = template["Globals"]["Function"]
+    assert globals_function["Tracing"] == "Active"
+    assert isinstance(globals_function["MemorySize"], int)
+    variables = globals_function["Environment"]["Variables"]
+    assert set(variables) >= SPEC_SETTINGS, f"missing: {sorted(SPEC_SETTINGS - set(variables))}"
+    assert variables["UPDATE_QUEUE_URL"] == {"Ref": "UpdateQueue"}
+    # Secrets never sit in the environment in clear: only their ARNs do.
+    assert not {"MONGODB_URI", "MYSQL_PASSWORD", "MYSQL_USER"} & set(variables)
+
+
+def test_function_timeouts_fit_their_triggers(template: dict[str, Any]) -> None:
+    timeouts = {name: timeout_of(template, function) for name, function in functions(template).items()}
+    assert timeouts["OnDemandCheckFunction"] <= 29, "API Gateway gives up after 29 s"
+    assert timeouts["UserUpdatesFunction"] >= 30
+    assert timeouts["ScheduledBackfillFunction"] >= 120
+
+
+# ---------------------------------------------------------------- SQS
+
+
+def test_sqs_event_reports_batch_item_failures(template: dict[str, Any]) -> None:
+    events = events_of(template["Resources"]["UserUpdatesFunction"], "SQS")
+    assert len(events) == 1, events
+    properties = next(iter(events.values()))["Properties"]
+    assert ref_target(properties["Queue"]) == "UpdateQueue"
+    assert "ReportBatchItemFailures" in properties["FunctionResponseTypes"]
+    assert properties["BatchSize"] == 10
+    assert "MaximumBatchingWindowInSeconds" in properties
+    assert "MaximumConcurrency" in properties["ScalingConfig"]
+
+
+def test_update_queue_redrives_to_the_dead_letter_queue(template: dict[str, Any]) -> None:
+    resources = template["Resources"]
+    redrive = resources["UpdateQueue"]["Properties"]["RedrivePolicy"]
+    assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": ["UpdateDeadLetterQueue", "Arn"]}
+    assert 3 <= redrive["maxReceiveCount"] <= 5
+    assert resources["UpdateDeadLetterQueue"]["Properties"]["MessageRetentionPeriod"] == 14 * 86400
+
+
+def test_every_queue_is_encrypted(template: dict[str, Any]) -> None:
+    queues = resources_of(template, "AWS::SQS::Queue")
+    assert {"UpdateQueue", "UpdateDeadLetterQueue"} <= set(queues)
+    for name, queue in queues.items():
+        properties = queue["Properties"]
+        assert properties.get("SqsManagedSseEnabled") is True or "KmsMasterKeyId" in properties, name
+
+
+def test_visibility_timeout_is_at_least_six_times_the_consumer_timeout(template: dict[str, Any]) -> None:
+    checked = 0
+    for function in functions(template).values():
+        for event in events_of(function, "SQS").values():
+            queue = template["Resources"][ref_target(event["Properties"]["Queue"]) or ""]
+            visibility = queue["Properties"]["VisibilityTimeout"]
+            assert visibility >= 6 * timeout_of(template, function)
+            checked += 1
+    assert checked == 1
+
+
+# ---------------------------------------------------------------- IAM
+
+
+def test_no_iam_action_uses_a_wildcard(template: dict[str, Any]) -> None:
+    actions = [
+        action for key, value in walk(template["Resources"]) if key == "Action" for action in strings(value)
+    ]
+    assert actions, "no IAM actions found at all"
+    assert not [action for action in actions if "*" in action]
+    assert not [key for key, _ in walk(template["Resources"]) if key == "NotAction"]
+
+
+def test_roles_attach_only_explicit_managed_policies(template: dict[str, Any]) -> None:
+    for name, role in resources_of(template, "AWS::IAM::Role").items():
+        for arns in branches(role["Properties"].get("ManagedPolicyArns", [])):
+            for arn in as_list(arns):
+                text = " ".join(strings(arn))
+                assert any(text.endswith(f":policy/{allowed}") for allowed in ALLOWED_MANAGED_POLICIES), (
+                    name,
+                    text,
+                )
+
+
+def test_functions_use_scoped_roles_or_scoped_policy_templates(template: dict[str, Any]) -> None:
+    roles = resources_of(template, "AWS::IAM::Role")
+    for name, function in functions(template).items():
+        properties = function["Properties"]
+        if "Role" in properties:
+            assert ref_target(properties["Role"]) in roles, f"{name} uses a role from outside the template"
+            assert "Policies" not in properties
+            continue
+        for policy in as_list(properties.get("Policies", [])):
+            # A bare string is an AWS managed policy name, unscoped by definition.
+            assert isinstance(policy, dict), f"{name}: {policy!r}"
+            assert "Statement" in policy or set(policy) <= ALLOWED_POLICY_TEMPLATES, f"{name}: {policy!r}"
+
+
+def test_secrets_are_read_only_by_their_arns(template: dict[str, Any]) -> None:
+    secret_statements = [
+        statement
+        for statement in policy_statements(template)
+        if any(action.startswith("secretsmanager:") for action in strings(statement["Action"]))
+    ]
+    assert len(secret_statements) == len(functions(template))
+    for statement in secret_statements:
+        assert set(strings(statement["Action"])) == {"secretsmanager:GetSecretValue"}
+        assert as_list(statement["Resource"]) == [{"Ref": "MongoDbSecretArn"}, {"Ref": "MySqlSecretArn"}]
+
+
+def test_backfill_may_fill_the_update_queue_and_continue_itself(template: dict[str, Any]) -> None:
+    resources = template["Resources"]
+    backfill = resources["ScheduledBackfillFunction"]["Properties"]
+    role = resources[ref_target(backfill["Role"]) or ""]
+    statements = [
+        statement
+        for policy in role["Properties"]["Policies"]
+        for item in policy["PolicyDocument"]["Statement"]
+        for statement in branches(item)
+    ]
+    grants = [
+        (set(strings(s["Action"])), resource) for s in statements for resource in as_list(s["Resource"])
+    ]
+    assert any("sqs:SendMessage" in actions and ref_target(res) == "UpdateQueue" for actions, res in grants)
+    # The self-invocation grant names the function's own (fixed) name: a constructed ARN, no cycle.
+    name = backfill["FunctionName"]["Fn::Sub"]
+    invoke_resources = [res["Fn::Sub"] for actions, res in grants if "lambda:InvokeFunction" in actions]
+    assert invoke_resources, "the back-fill cannot invoke itself"
+    assert {arn.split(":function:", 1)[1] for arn in invoke_resources} <= {name, f"{name}:*"}
+    destination = backfill["EventInvokeConfig"]["DestinationConfig"]["OnFailure"]["Destination"]
+    assert any("sqs:SendMessage" in actions and res == destination for actions, res in grants)
+
+
+# ---------------------------------------------------------------- API
+
+
+def _security_schemes(api: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Scheme name → every form the scheme can take (one per Fn::If branch)."""
+    definitions = api["Properties"]["DefinitionBody"].get("securityDefinitions", {})
+    return {name: list(branches(value)) for name, value in definitions.items()}
+
+
+def _operation_is_authorized(api: dict[str, Any], path: str, method: str) -> bool:
+    body = api["Properties"].get("DefinitionBody")
+    auth = api["Properties"].get("Auth") or {}
+    default = auth.get("DefaultAuthorizer")
+    if default and default != "NONE" and default in (auth.get("Authorizers") or {}):
+        return True
+    if not body:
+        return False
+    operation = body.get("paths", {}).get(path, {}).get(method.lower())
+    if not operation or not operation.get("security"):
+        return False
+    schemes = _security_schemes(api)
+    for requirement in operation["security"]:
+        for name in requirement:
+            forms = schemes.get(name, [])
+            if not forms or not all("x-amazon-apigateway-authorizer" in form for form in forms):
+                return False
+    return True
+
+
+def test_every_api_route_requires_the_authorizer(template: dict[str, Any]) -> None:
+    apis = resources_of(template, "AWS::Serverless::Api")
+    routes: set[tuple[str, str]] = set()
+    for name, function in functions(template).items():
+        for event_name, event in events_of(function, "Api", "HttpApi").items():
+            properties = event["Properties"]
+            api_id = ref_target(properties.get("RestApiId"))
+            # An event without RestApiId lands on SAM's implicit API, which has no authorizer.
+            assert api_id in apis, f"{name}.{event_name} is not on an explicit API"
+            assert (properties.get("Auth") or {}).get("Authorizer") != "NONE", f"{name}.{event_name}"
+            assert _operation_is_authorized(
+                apis[api_id], properties["Path"], properties["Method"]
+            ), f"{name}.{event_name}: {properties['Method']} {properties['Path']} has no authorizer"
+            routes.add((properties["Method"].upper(), properties["Path"]))
+    assert routes == {("GET", "/tickets"), ("POST", "/tickets/sync")}
+    for api_name, api in apis.items():
+        body = api["Properties"].get("DefinitionBody") or {}
+        if body:
+            # SAM only merges the events' integrations into an inline definition with MergeDefinitions.
+            assert api["Properties"].get("MergeDefinitions") is True, api_name
+        for path, operations in body.get("paths", {}).items():
+            for method in operations:
+                assert _operation_is_authorized(api, path, method), f"{api_name}: {method} {path}"
+
+
+def test_the_authorizer_is_cognito_or_lambda_by_parameter(template: dict[str, Any]) -> None:
+    parameters = template["Parameters"]
+    assert parameters["AuthorizerType"]["AllowedValues"] == ["COGNITO", "LAMBDA"]
+    forms = _security_schemes(template["Resources"]["TicketsApi"])["TicketsAuthorizer"]
+    assert [form["x-amazon-apigateway-authtype"] for form in forms] == ["cognito_user_pools", "custom"]
+    cognito, custom = (form["x-amazon-apigateway-authorizer"] for form in forms)
+    assert cognito["type"] == "cognito_user_pools"
+    assert cognito["providerARNs"] == [{"Ref": "UserPoolArn"}]
+    assert set(branches(custom["type"])) == {"token", "request"}
+    assert "${AuthorizerFunctionArn}" in custom["authorizerUri"]["Fn::Sub"]
+    assert custom["identitySource"] == "method.request.header.Authorization"
+    permission = template["Resources"]["AuthorizerInvokePermission"]
+    assert permission["Condition"] == "UseLambdaAuthorizer"
+    assert permission["Properties"]["FunctionName"] == {"Ref": "AuthorizerFunctionArn"}
+
+
+# ---------------------------------------------------------------- schedules, alarms, outputs
+
+
+def _is_daily(expression: str) -> bool:
+    if expression == "rate(1 day)":
+        return True
+    # cron(minutes hours day-of-month month day-of-week year): one fixed time, every day.
+    match = re.fullmatch(r"cron\((\d+) (\d+) ([*?]) \* ([*?]) \*\)", expression)
+    return match is not None
+
+
+def test_backfill_runs_stale_hourly_and_missing_daily(template: dict[str, Any]) -> None:
+    function = template["Resources"]["ScheduledBackfillFunction"]
+    schedules = {}
+    for event in events_of(function, "Schedule", "ScheduleV2").values():
+        properties = event["Properties"]
+        payload = json.loads(properties["Input"])
+        schedules[payload["mode"]] = (properties.get("Schedule") or properties["ScheduleExpression"], payload)
+    assert set(schedules) == {"stale", "missing"}
+    assert schedules["stale"] == ("rate(1 hour)", {"mode": "stale", "cursor": None})
+    assert _is_daily(schedules["missing"][0]), schedules["missing"][0]
+    assert schedules["missing"][1] == {"mode": "missing", "cursor": None}
+
+
+def test_backfill_async_failures_are_bounded_and_kept(template: dict[str, Any]) -> None:
+    config = template["Resources"]["ScheduledBackfillFunction"]["Properties"]["EventInvokeConfig"]
+    assert 0 <= config["MaximumRetryAttempts"] <= 2
+    assert 60 <= config["MaximumEventAgeInSeconds"] <= 21600
+    on_failure = config["DestinationConfig"]["OnFailure"]
+    assert on_failure["Type"] == "SQS"
+    assert template["Resources"][ref_target(on_failure["Destination"]) or ""]["Type"] == "AWS::SQS::Queue"
+
+
+def test_a_non_empty_dead_letter_queue_raises_an_alarm(template: dict[str, Any]) -> None:
+    alarms = [
+        alarm["Properties"]
+        for alarm in resources_of(template, "AWS::CloudWatch::Alarm").values()
+        if alarm["Properties"]["MetricName"] == "ApproximateNumberOfMessagesVisible"
+        and {"Name": "QueueName", "Value": {"Fn::GetAtt": ["UpdateDeadLetterQueue", "QueueName"]}}
+        in alarm["Properties"]["Dimensions"]
+    ]
+    assert len(alarms) == 1
+    alarm = alarms[0]
+    assert alarm["Namespace"] == "AWS/SQS"
+    assert (alarm["ComparisonOperator"], alarm["Threshold"]) == ("GreaterThanThreshold", 0)
+    assert alarm["AlarmActions"] == {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], NO_VALUE]}
+
+
+def test_every_function_logs_to_a_group_with_retention(template: dict[str, Any]) -> None:
+    groups = resources_of(template, "AWS::Logs::LogGroup")
+    for name, function in functions(template).items():
+        group = ref_target(function["Properties"]["LoggingConfig"]["LogGroup"])
+        assert group in groups, name
+        assert groups[group]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+
+
+def test_outputs_name_the_api_queues_functions_and_layer(template: dict[str, Any]) -> None:
+    expected = {"ApiUrl", "UpdateQueueUrl", "UpdateQueueArn", "UpdateDeadLetterQueueUrl", "SharedLayerArn"}
+    expected |= {f"{name}Arn" for name in functions(template)}
+    assert expected <= set(template["Outputs"])
+
+
+def test_optional_vpc_is_applied_only_when_subnets_are_given(template: dict[str, Any]) -> None:
+    assert template["Parameters"]["VpcSubnetIds"]["Type"] == "CommaDelimitedList"
+    vpc = template["Globals"]["Function"]["VpcConfig"]
+    assert vpc["Fn::If"][0] == "HasVpc"
+    assert vpc["Fn::If"][2] == NO_VALUE
+    assert template["Conditions"]["HasVpc"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "VpcSubnetIds"}]}, ""]}]
+    }
+
+
+# ---------------------------------------------------------------- samconfig.toml
+
+
+def _overrides(value: str | list[str]) -> dict[str, str]:
+    items = value if isinstance(value, list) else value.split()
+    return dict(item.split("=", 1) for item in items)
+
+
+@pytest.mark.parametrize("env", ["default", "dev", "prod"])
+def test_samconfig_environment_is_complete(
+    env: str, samconfig: dict[str, Any], template: dict[str, Any]
+) -> None:
+    assert samconfig["version"] == 0.1
+    section = samconfig[env]
+    assert section["validate"]["parameters"]["lint"] is True
+    assert section["build"]["parameters"]["cached"] is True
+    assert section["build"]["parameters"]["parallel"] is True
+    deploy = section["deploy"]["parameters"]
+    assert section["global"]["parameters"]["stack_name"]
+    assert len(section["global"]["parameters"]["stack_name"]) <= 45  # function names stay <= 64
+    assert "CAPABILITY_IAM" in deploy["capabilities"]
+    assert isinstance(deploy["confirm_changeset"], bool)
+    overrides = _overrides(deploy["parameter_overrides"])
+    parameters = template["Parameters"]
+    assert set(overrides) <= set(
+        parameters
+    ), f"unknown parameters: {sorted(set(overrides) - set(parameters))}"
+    required = {name for name, spec in parameters.items() if "Default" not in spec}
+    assert required <= set(overrides), f"{env} would deploy without {sorted(required - set(overrides))}"
+    for name, value in overrides.items():
+        pattern = parameters[name].get("AllowedPattern")
+        assert pattern is None or re.fullmatch(pattern, value), f"{env}: {name}={value}"
+        allowed = parameters[name].get("AllowedValues")
+        assert allowed is None or value in [str(item) for item in allowed], f"{env}: {name}={value}"
+
+
+def test_prod_deploys_only_through_a_confirmed_change_set(samconfig: dict[str, Any]) -> None:
+    assert samconfig["prod"]["deploy"]["parameters"]["confirm_changeset"] is True
+    assert "sync" not in samconfig["prod"]
