@@ -454,9 +454,11 @@ def test_backfill_runs_stale_hourly_and_missing_daily(template: dict[str, Any]) 
         payload = json.loads(properties["Input"])
         schedules[payload["mode"]] = (properties.get("Schedule") or properties["ScheduleExpression"], payload)
     assert set(schedules) == {"stale", "missing"}
-    assert schedules["stale"] == ("rate(1 hour)", {"mode": "stale", "cursor": None})
+    assert schedules["stale"][0] == "rate(1 hour)"
     assert _is_daily(schedules["missing"][0]), schedules["missing"][0]
-    assert schedules["missing"][1] == {"mode": "missing", "cursor": None}
+    for mode, (_expression, payload) in schedules.items():
+        # The run id is the same for every retry of one firing: that is what makes retries idempotent.
+        assert payload == {"mode": mode, "cursor": None, "run_id": f"{mode}:<aws.scheduler.scheduled-time>"}
 
 
 def test_backfill_async_failures_are_bounded_and_kept(template: dict[str, Any]) -> None:

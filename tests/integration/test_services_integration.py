@@ -1,0 +1,451 @@
+"""The use cases over the real adapters: FerretDB, MariaDB, moto's SQS and the Bytemark simulator (HTTP).
+
+Each scenario of the engine is run end to end through ``build_services`` with only the clock replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pymysql
+import pytest
+from pymongo.database import Database
+
+from bytemark_cache.adapters.clock import SystemClock
+from bytemark_cache.bootstrap import Services, build_services
+from bytemark_cache.config import Settings
+from bytemark_cache.domain.hashing import payload_hash
+from bytemark_cache.errors import NoBytemarkAccount, TokenRevoked, UpstreamError
+from bytemark_simulator import AdminClient, SimulatorServer
+from tests.fakes import FakeClock
+from tests.integration.store_fixtures import setting
+
+pytestmark = pytest.mark.integration
+pytest_plugins = ("tests.integration.store_fixtures",)
+
+USER = 42
+TOKEN = "tok-integration-42"
+
+
+@pytest.fixture(autouse=True)
+def aws_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What Lambda's runtime provides and boto3 reads: region and (dummy, for moto) credentials."""
+    for name in ("AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, setting(name))
+
+
+@pytest.fixture(scope="module")
+def bytemark() -> Iterator[SimulatorServer]:
+    with SimulatorServer(port=0, seed=7, now="2024-06-15T04:30:00Z") as server:
+        yield server
+
+
+@pytest.fixture
+def admin(bytemark: SimulatorServer) -> AdminClient:
+    bytemark.admin.reset()
+    bytemark.admin.set_time("2024-06-15T04:30:00Z")
+    return bytemark.admin
+
+
+class Stack:
+    """The service wired to the real servers, with a clock the test moves."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        mysql: pymysql.connections.Connection[Any],
+        database: Database[dict[str, Any]],
+        clock: FakeClock | SystemClock,
+    ) -> None:
+        self.settings = settings
+        self.mysql = mysql
+        self.database = database
+        self.clock = clock
+        self.services: Services = build_services(settings, clock=clock)
+
+    @property
+    def tickets(self) -> Any:
+        return self.services.tickets
+
+    def set_token(self, user_id: int, token: str | None) -> None:
+        with self.mysql.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO bytemark_tokens (user_id, token, status) VALUES (%s, %s, 'active') "
+                "ON DUPLICATE KEY UPDATE token = VALUES(token)",
+                (user_id, token),
+            )
+
+    def document(self, user_id: int = USER) -> dict[str, Any] | None:
+        return self.database[self.settings.cache_collection].find_one({"user_id": user_id}, {"_id": 0})
+
+    def log(self, user_id: int = USER) -> list[dict[str, Any]]:
+        return list(self.database[self.settings.log_collection].find({"user_id": user_id}, {"_id": 0}))
+
+
+def make_stack(
+    bytemark: SimulatorServer,
+    store_mongo_db: Database[dict[str, Any]],
+    store_collections: tuple[str, str, str],
+    store_mysql_db: str,
+    store_mysql_admin: pymysql.connections.Connection[Any],
+    queue_url: str,
+    clock: FakeClock | SystemClock,
+    **env: str,
+) -> Stack:
+    cache, log, leases = store_collections
+    settings = Settings.from_env(
+        {
+            "MONGODB_URI": setting("MONGODB_URI"),
+            "MONGODB_DATABASE": store_mongo_db.name,
+            "CACHE_COLLECTION": cache,
+            "LOG_COLLECTION": log,
+            "LEASE_COLLECTION": leases,
+            "BACKFILL_RUN_COLLECTION": f"runs_{cache}",
+            "MYSQL_HOST": setting("MYSQL_HOST"),
+            "MYSQL_PORT": setting("MYSQL_PORT"),
+            "MYSQL_USER": setting("MYSQL_USER"),
+            "MYSQL_PASSWORD": setting("MYSQL_PASSWORD"),
+            "MYSQL_DATABASE": store_mysql_db,
+            "BYTEMARK_API_URL": bytemark.url,
+            "BYTEMARK_TIMEOUT_SECONDS": "2",
+            "BYTEMARK_PAGE_SIZE": "2",
+            "BYTEMARK_MAX_RETRIES": "1",
+            "UPDATE_QUEUE_URL": queue_url,
+            "AWS_ENDPOINT_URL": setting("AWS_ENDPOINT_URL"),
+            **env,
+        }
+    )
+    return Stack(settings, store_mysql_admin, store_mongo_db, clock)
+
+
+@pytest.fixture
+def stack(
+    bytemark: SimulatorServer,
+    admin: AdminClient,
+    store_mongo_db: Database[dict[str, Any]],
+    store_collections: tuple[str, str, str],
+    store_mysql_db: str,
+    store_mysql_admin: pymysql.connections.Connection[Any],
+    store_queue_url: str,
+) -> Stack:
+    stack = make_stack(
+        bytemark,
+        store_mongo_db,
+        store_collections,
+        store_mysql_db,
+        store_mysql_admin,
+        store_queue_url,
+        FakeClock(),
+        PASSES4_LIMIT="5",
+    )
+    stack.set_token(USER, TOKEN)
+    admin.seed_user(USER, TOKEN, current=4, expired=2, seed=3)
+    return stack
+
+
+def wait_until(condition: Any, seconds: float = 10.0) -> None:
+    """Poll a condition with a deadline (a readiness check, not a sleep standing in for one)."""
+    deadline = threading.Event()
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        deadline.wait(0.01)
+    raise AssertionError("condition not met in time")
+
+
+def uuids(elements: list[dict[str, Any]]) -> list[str]:
+    return [element["pass_uuid"] for element in elements]
+
+
+def log_actions(entries: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    return sorted((entry["uuid"], entry["action"], entry["list"]) for entry in entries)
+
+
+def test_fresh_build_sorts_v1_and_keeps_history(stack: Stack, admin: AdminClient) -> None:
+    served = admin.passes(USER)
+
+    result = stack.tickets.check_with_ttl(USER)
+
+    document = stack.document()
+    assert document is not None
+    assert result.source == "built"
+    expected = sorted(served["current"], key=lambda p: p["time_created"].replace("Z", ".000Z")[:23])
+    assert uuids(document["passes"]) == [p["uuid"] for p in expected]
+    assert sorted(uuids(document["passes4"])) == sorted(p["uuid"] for p in served["expired"])
+    assert len(stack.log()) == 6
+    # Payloads are stored untouched and hashed exactly as Node would.
+    by_uuid = {p["uuid"]: p for p in served["current"]}
+    for element in document["passes"]:
+        assert element["payload"] == by_uuid[element["pass_uuid"]]
+        assert element["payload_hash"] == payload_hash(by_uuid[element["pass_uuid"]])
+
+
+@pytest.mark.parametrize("token", [None, ""])
+def test_no_token_writes_nothing_and_calls_nobody(
+    stack: Stack, admin: AdminClient, token: str | None
+) -> None:
+    stack.set_token(USER, token)
+
+    with pytest.raises(NoBytemarkAccount):
+        stack.tickets.check(USER)
+
+    assert stack.document() is None
+    assert admin.request_counts()["total"] == 0
+
+
+def test_noop_sync_touches_only_the_timestamp(stack: Stack) -> None:
+    stack.tickets.check(USER)
+    before = stack.document()
+    stack.clock.advance(30)
+
+    result = stack.tickets.check(USER)
+
+    after = stack.document()
+    assert before is not None
+    assert after is not None
+    assert result.changed_passes == 0
+    assert after["passes"] == before["passes"]
+    assert after["passes4"] == before["passes4"]
+    assert after["timestamp"] == before["timestamp"] + 30
+    assert len(stack.log()) == 6
+
+
+def test_activation_changes_one_element_and_logs_once(stack: Stack, admin: AdminClient) -> None:
+    stack.tickets.check(USER)
+    target = next(p for p in admin.passes(USER)["current"] if p["status"] == "USABLE")
+    stack.clock.advance(60)
+    admin.activate(USER, target["uuid"])
+
+    result = stack.tickets.check(USER)
+
+    document = stack.document()
+    assert document is not None
+    changed = [e for e in document["passes"] if e["timestamp"] == int(stack.clock.now())]
+    assert uuids(changed) == [target["uuid"]]
+    assert changed[0]["status"] == "USING"
+    assert result.changed_passes == 1
+    newest = [entry for entry in stack.log() if entry["timestamp"] == int(stack.clock.now())]
+    assert log_actions(newest) == [(target["uuid"], "updated", "passes")]
+
+
+def test_purchase_is_appended(stack: Stack, admin: AdminClient) -> None:
+    stack.tickets.check(USER)
+    bought = admin.purchase(USER, "Local Single Ride")
+
+    stack.tickets.check(USER)
+
+    document = stack.document()
+    assert document is not None
+    assert uuids(document["passes"])[-1] == bought["uuid"]
+    assert (bought["uuid"], "created", "passes") in log_actions(stack.log())
+
+
+def test_pass_moving_to_history_is_removed_once_and_created_once(stack: Stack, admin: AdminClient) -> None:
+    stack.tickets.check(USER)
+    moving = admin.passes(USER)["current"][0]["uuid"]
+    admin.expire(USER, moving)
+
+    stack.tickets.check(USER)
+
+    document = stack.document()
+    assert document is not None
+    assert moving not in uuids(document["passes"])
+    assert uuids(document["passes4"]).count(moving) == 1
+    actions = log_actions(stack.log())
+    assert (moving, "removed", "passes") in actions
+    assert (moving, "created", "passes4") in actions
+
+
+def test_pass_in_both_lists_in_one_fetch_is_kept_once_in_history(stack: Stack, admin: AdminClient) -> None:
+    current = admin.passes(USER)["current"][0]
+    admin.put_pass(USER, {**current, "status": "EXPIRED"}, "expired")
+
+    stack.tickets.check(USER)
+
+    document = stack.document()
+    assert document is not None
+    assert current["uuid"] not in uuids(document["passes"])
+    assert uuids(document["passes4"]).count(current["uuid"]) == 1
+
+
+def test_duplicate_uuids_across_pages_collapse_to_the_latest(stack: Stack, admin: AdminClient) -> None:
+    original = admin.passes(USER)["current"][0]
+    newer = {**original, "status": "USING", "time_modified": "2030-01-01T00:00:00Z"}
+    admin.put_pass(USER, newer, "current", replace=False)
+
+    stack.tickets.check(USER)
+
+    document = stack.document()
+    assert document is not None
+    assert uuids(document["passes"]).count(original["uuid"]) == 1
+    element = next(e for e in document["passes"] if e["pass_uuid"] == original["uuid"])
+    assert element["status"] == "USING"
+
+
+def test_empty_account_with_object_pagination(stack: Stack, admin: AdminClient) -> None:
+    admin.seed_user(USER, TOKEN, current=0, expired=0, empty_pagination_style="object")
+
+    result = stack.tickets.check(USER)
+
+    document = stack.document()
+    assert result.source == "built"
+    assert document is not None
+    assert (document["passes"], document["passes4"]) == ([], [])
+
+
+def test_ttl_boundary_exactly_at_ttl_is_stale(stack: Stack, admin: AdminClient) -> None:
+    stack.tickets.check_with_ttl(USER)
+    stack.clock.advance(3599)
+    assert stack.tickets.check_with_ttl(USER).source == "cache"
+    requests_before = admin.request_counts()["total"]
+    stack.clock.advance(1)
+
+    assert stack.tickets.check_with_ttl(USER).source == "synced"
+    assert admin.request_counts()["total"] > requests_before
+
+
+def test_token_revoked_mid_life_keeps_the_cache(stack: Stack, admin: AdminClient) -> None:
+    stack.tickets.check(USER)
+    before = stack.document()
+    admin.revoke(USER)
+
+    served = stack.tickets.check(USER)
+    with pytest.raises(TokenRevoked):
+        stack.tickets.sync(USER)
+
+    assert served.stale
+    assert isinstance(served.upstream_error, TokenRevoked)
+    assert stack.document() == before
+
+
+@pytest.mark.parametrize("failing", ["v1", "v4"])
+def test_one_list_failing_writes_nothing(stack: Stack, admin: AdminClient, failing: str) -> None:
+    stack.tickets.check(USER)
+    before = stack.document()
+    admin.purchase(USER)
+    admin.set_fault("http_500", endpoint=failing)
+
+    with pytest.raises(UpstreamError):
+        stack.tickets.sync(USER)
+
+    assert stack.document() == before
+
+
+def test_paging_follows_every_page(stack: Stack, admin: AdminClient) -> None:
+    admin.seed_user(USER, TOKEN, current=7, expired=3, seed=11)
+
+    stack.tickets.check(USER)
+
+    document = stack.document()
+    assert document is not None
+    assert len(document["passes"]) + len(document["passes4"]) == 10
+    counts = admin.request_counts()["by_user"][str(USER)]
+    assert counts == {"v1": 4, "v4": 2}  # per_page 2: 7 → 4 pages, 3 → 2 pages
+
+
+def test_time_formats_and_empty_expiration_are_kept_verbatim(stack: Stack, admin: AdminClient) -> None:
+    odd = {
+        **admin.passes(USER)["current"][0],
+        "uuid": "odd-times",
+        "time_created": "2024-06-01T10:00:00Z",
+        "time_modified": "2024-06-01T10:00:00.123Z",
+        "expiration": "",
+    }
+    admin.put_pass(USER, odd, "current")
+
+    stack.tickets.check(USER)
+
+    document = stack.document()
+    assert document is not None
+    element = next(e for e in document["passes"] if e["pass_uuid"] == "odd-times")
+    assert element["payload"]["expiration"] == ""
+    assert element["payload"]["time_modified"] == "2024-06-01T10:00:00.123Z"
+
+
+def test_history_stays_bounded_over_many_syncs(stack: Stack, admin: AdminClient) -> None:
+    stack.tickets.check(USER)
+    for _ in range(6):
+        bought = admin.purchase(USER)
+        admin.expire(USER, bought["uuid"])
+        stack.clock.advance(10)
+        stack.tickets.check(USER)
+
+    document = stack.document()
+    assert document is not None
+    assert len(document["passes4"]) == 5  # PASSES4_LIMIT
+
+
+def test_two_concurrent_syncs_make_one_upstream_fetch(
+    bytemark: SimulatorServer,
+    admin: AdminClient,
+    store_mongo_db: Database[dict[str, Any]],
+    store_collections: tuple[str, str, str],
+    store_mysql_db: str,
+    store_mysql_admin: pymysql.connections.Connection[Any],
+    store_queue_url: str,
+) -> None:
+    stacks = [
+        make_stack(
+            bytemark,
+            store_mongo_db,
+            store_collections,
+            store_mysql_db,
+            store_mysql_admin,
+            store_queue_url,
+            SystemClock(),
+        )
+        for i in range(2)
+    ]
+    stacks[0].set_token(USER, TOKEN)
+    admin.seed_user(USER, TOKEN, current=3, expired=1, seed=5)
+    # The first fetch is held by the simulator, so the second sync surely arrives while it is in flight.
+    admin.set_fault("latency", user_id=USER, endpoint="v1", count=1, latency_ms=1500)
+    results: list[str] = []
+    first = threading.Thread(target=lambda: results.append(stacks[0].tickets.check(USER).source))
+    first.start()
+    wait_until(lambda: admin.request_counts()["total"] > 0)
+    second = threading.Thread(target=lambda: results.append(stacks[1].tickets.check(USER).source))
+    second.start()
+    first.join(20)
+    second.join(20)
+
+    assert sorted(results) == ["built", "shared"]
+    assert admin.request_counts()["by_user"][str(USER)]["v1"] == 2  # one fetch: 2 pages of v1
+    assert len(stacks[0].log()) == 4
+
+
+def test_backfill_resumes_from_its_cursor_without_skips_or_repeats(
+    stack: Stack, store_sqs_client: Any, store_queue_url: str
+) -> None:
+    for user_id in range(1000, 1023):
+        stack.set_token(user_id, f"tok-{user_id}")
+    stack.set_token(1005, "")
+    seen_cursor: int | None = None
+    runs = 0
+    while True:
+        result = stack.tickets.backfill("missing", seen_cursor, max_users=6, page_size=4)
+        runs += 1
+        seen_cursor = result.cursor
+        if seen_cursor is None:
+            break
+
+    bodies: list[dict[str, Any]] = []
+    while True:
+        messages = store_sqs_client.receive_message(
+            QueueUrl=store_queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
+        ).get("Messages", [])
+        if not messages:
+            break
+        bodies.extend(json.loads(message["Body"]) for message in messages)
+        store_sqs_client.delete_message_batch(
+            QueueUrl=store_queue_url,
+            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
+        )
+    enqueued = sorted(body["user_id"] for body in bodies)
+    expected = sorted([USER, *[uid for uid in range(1000, 1023) if uid != 1005]])
+    assert enqueued == expected
+    assert runs > 1
+    assert {body["reason"] for body in bodies} == {"backfill"}
