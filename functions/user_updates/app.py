@@ -68,20 +68,28 @@ def sync_record(record: SQSRecord, services: Services) -> str:
         logger.info("activation marked", extra={**log_keys, "marked": marked})
     try:
         result = services.tickets.sync(message.user_id)
-    except TokenRevoked:
-        # Retrying cannot help until the user links Bytemark again: acknowledge, keep the cache, count it.
-        metrics.add_metric(name="TokenRevoked", unit=MetricUnit.Count, value=1)
-        logger.warning("bytemark token revoked; message acknowledged", extra=log_keys)
-        return "token_revoked"
-    except NoBytemarkAccount:
-        metrics.add_metric(name="NoBytemarkAccount", unit=MetricUnit.Count, value=1)
-        logger.warning("user has no Bytemark account; message acknowledged", extra=log_keys)
-        return "no_bytemark_account"
+    except (TokenRevoked, NoBytemarkAccount) as exc:
+        return _acknowledge(exc, log_keys)
+    except Exception as exc:
+        # Reported for retry (then the DLQ): say why, or on-call sees only a failure count.
+        logger.warning("sync failed; will be retried", extra={**log_keys, "error": type(exc).__name__})
+        raise
     metrics.add_metric(name="UsersSynced", unit=MetricUnit.Count, value=1)
     if result.changed_passes:
         metrics.add_metric(name="ChangedPasses", unit=MetricUnit.Count, value=result.changed_passes)
     logger.info("user synced", extra={**log_keys, "source": result.source, "changed": result.changed_passes})
     return result.source
+
+
+def _acknowledge(exc: TokenRevoked | NoBytemarkAccount, log_keys: dict[str, object]) -> str:
+    """Failures retrying cannot fix: acknowledge the message, keep the cache, count and log them."""
+    if isinstance(exc, TokenRevoked):
+        metrics.add_metric(name="TokenRevoked", unit=MetricUnit.Count, value=1)
+        logger.warning("bytemark token revoked; message acknowledged", extra=log_keys)
+        return "token_revoked"
+    metrics.add_metric(name="NoBytemarkAccount", unit=MetricUnit.Count, value=1)
+    logger.warning("user has no Bytemark account; message acknowledged", extra=log_keys)
+    return "no_bytemark_account"
 
 
 @logger.inject_lambda_context(clear_state=True)

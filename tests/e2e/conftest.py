@@ -12,15 +12,27 @@ from pathlib import Path
 import pytest
 from emulator import EmulatorError, find_rie
 
+from bytemark_simulator import SimulatorServer
+
 from .lambda_emulator import (
     BUILD_DIR,
+    Accounts,
+    CacheDatabase,
+    E2eStores,
     EmulatorPool,
+    TokenTable,
+    ensure_update_queues,
     find_sam,
     local_settings,
     missing_artifacts,
     run_sam_build,
+    sqs_client,
+    unique_name,
     unreachable_services,
 )
+
+SIMULATOR_SEED = 20240615
+"""Fixed, so a session's generated passes are reproducible."""
 
 
 @pytest.fixture(scope="session")
@@ -64,11 +76,63 @@ def artifacts(build_dir: Path, rie_available: Path) -> Iterator[EmulatorPool]:
 
 
 @pytest.fixture(scope="session")
-def pool(artifacts: EmulatorPool) -> EmulatorPool:
-    """The emulators, once the local services they talk to accept connections."""
-    if down := unreachable_services(artifacts.settings):
+def simulator() -> Iterator[SimulatorServer]:
+    """This session's Bytemark simulator, in-process on a free port (tests seed their own users)."""
+    with SimulatorServer(port=0, seed=SIMULATOR_SEED) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def stores(simulator: SimulatorServer) -> Iterator[E2eStores]:
+    """The session's settings and stores, once the local services accept connections."""
+    settings = {**local_settings(), "BYTEMARK_API_URL": simulator.url}
+    if down := unreachable_services(settings):
         pytest.fail(
             "local services are not running: " + "; ".join(down) + " — start them with `make up`",
             pytrace=False,
         )
-    return artifacts
+    # btc_test_* is the prefix the application user may create (local/services/mariadb.sh grants it).
+    settings["MYSQL_DATABASE"] = unique_name("btc_test_e2e_")
+    settings["MONGODB_DATABASE"] = unique_name("btc_e2e_")
+    try:
+        tokens = TokenTable(settings, settings["MYSQL_DATABASE"])
+    except Exception as exc:
+        pytest.fail(
+            f"cannot create the MySQL database {settings['MYSQL_DATABASE']} as {settings['MYSQL_USER']}: "
+            f"{exc} (the user needs GRANT ALL ON `btc\\_test\\_%`.*; `make up` grants it)",
+            pytrace=False,
+        )
+    mongo = CacheDatabase(settings)
+    sqs = sqs_client(settings)
+    try:
+        queues = ensure_update_queues(
+            sqs, settings["UPDATE_QUEUE_URL"], settings.get("UPDATE_DLQ_NAME") or "bytemark-user-updates-dlq"
+        )
+        # The functions get the queue's URL as SQS spells it (moto may name another host than configured).
+        settings["UPDATE_QUEUE_URL"] = queues.url
+        yield E2eStores(settings, tokens, mongo, sqs, queues)
+    finally:
+        tokens.drop_database()
+        tokens.close()
+        mongo.drop()
+        mongo.close()
+
+
+@pytest.fixture(scope="session")
+def pool(build_dir: Path, rie_available: Path, stores: E2eStores) -> Iterator[EmulatorPool]:
+    """One emulator per built function with the session's settings (simulator, databases, queue)."""
+    emulators = EmulatorPool(stores.settings, build_dir)
+    try:
+        yield emulators
+    finally:
+        emulators.close()
+
+
+@pytest.fixture
+def accounts(stores: E2eStores, simulator: SimulatorServer) -> Iterator[Accounts]:
+    """Users for one test, cleaned up after it (faults injected into the simulator are cleared too)."""
+    handed_out = Accounts(stores, simulator)
+    try:
+        yield handed_out
+    finally:
+        handed_out.cleanup()

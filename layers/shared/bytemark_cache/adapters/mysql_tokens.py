@@ -2,12 +2,14 @@
 
 One lazily opened pymysql connection per instance (one per Lambda execution environment), pinged with
 reconnect before each use because a frozen sandbox finds its connection closed by the server's
-``wait_timeout``. Not thread-safe: pymysql connections are not.
+``wait_timeout``. pymysql connections are not thread-safe, so queries are serialised with a lock: the
+records of one SQS batch sync on a thread pool and each reads one short row.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from typing import Any, Final
 
@@ -55,6 +57,7 @@ class MySqlTokenStore:
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._connection: Connection[pymysql.cursors.Cursor] | None = None
+        self._lock = threading.RLock()
 
     def __repr__(self) -> str:
         # Never show the password.
@@ -105,6 +108,10 @@ class MySqlTokenStore:
 
     def _query(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         """Run one read; a connection lost mid-query is reopened and the (idempotent) read tried once more."""
+        with self._lock:
+            return self._query_locked(sql, args)
+
+    def _query_locked(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         for attempt in (1, 2):
             try:
                 with self._connect().cursor() as cursor:

@@ -1,0 +1,234 @@
+"""Local API Gateway (REST proxy) and Lambda Invoke API fronts for functions run by the emulator.
+
+``LocalApiGateway`` turns HTTP requests into API Gateway proxy events the way a REST API with an
+authorizer would. Identity: a real deployment gets it from the authorizer; locally the caller names itself
+with the ``X-Local-User-Id`` header, accepted only when the stack was started with ``dev_identity=True``
+(the header is always stripped before the function sees it, so a function can never rely on it).
+``LocalLambdaApi`` answers boto3's ``lambda.invoke`` so the back-fill's self-continuation works locally.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+Invoke = Callable[[dict[str, Any]], Any]
+DEV_IDENTITY_HEADER = "X-Local-User-Id"
+_MAX_BODY_BYTES = 1024 * 1024
+
+log = logging.getLogger("local.gateway")
+
+
+def proxy_event(
+    method: str,
+    raw_path: str,
+    headers: dict[str, str],
+    body: bytes,
+    user_id: str | None,
+    stage: str = "local",
+) -> dict[str, Any]:
+    """The REST API proxy event for one request (what API Gateway hands to Lambda)."""
+    parts = urlsplit(raw_path)
+    query = parse_qs(parts.query, keep_blank_values=True)
+    text_body = body.decode("utf-8", errors="replace") if body else None
+    now = datetime.now(UTC)
+    context: dict[str, Any] = {
+        "resourcePath": parts.path,
+        "httpMethod": method,
+        "path": f"/{stage}{parts.path}",
+        "accountId": "123456789012",
+        "protocol": "HTTP/1.1",
+        "stage": stage,
+        "requestId": str(uuid.uuid4()),
+        "requestTime": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+        "requestTimeEpoch": int(now.timestamp() * 1000),
+        "identity": {"sourceIp": "127.0.0.1", "userAgent": headers.get("User-Agent", "")},
+        "apiId": "local",
+    }
+    if user_id is not None:
+        context["authorizer"] = {"user_id": user_id, "principalId": f"local|{user_id}"}
+    return {
+        "resource": parts.path,
+        "path": parts.path,
+        "httpMethod": method,
+        "headers": headers,
+        "multiValueHeaders": {name: [value] for name, value in headers.items()},
+        "queryStringParameters": {k: v[-1] for k, v in query.items()} or None,
+        "multiValueQueryStringParameters": query or None,
+        "pathParameters": None,
+        "stageVariables": None,
+        "requestContext": context,
+        "body": text_body,
+        "isBase64Encoded": False,
+    }
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class LocalApiGateway:
+    """HTTP on ``host:port`` → proxy event → ``invoke`` → HTTP answer."""
+
+    def __init__(
+        self, invoke: Invoke, host: str = "127.0.0.1", port: int = 3000, *, dev_identity: bool
+    ) -> None:
+        self._invoke = invoke
+        self._dev_identity = dev_identity
+        self._local_routes: list[tuple[str, str, Callable[[str], Any]]] = []
+        gateway = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 — http.server's naming
+                gateway._handle(self)
+
+            def do_POST(self) -> None:  # noqa: N802
+                gateway._handle(self)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                log.info("%s %s", self.command, self.path.split("?")[0])
+
+        self._server = _QuietServer((host, port), Handler)
+        self.url = f"http://{host}:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="api-gateway", daemon=True)
+
+    def add_local_route(self, method: str, prefix: str, action: Callable[[str], Any]) -> None:
+        """A local-only control route (e.g. fire a schedule); its JSON result is the answer."""
+        self._local_routes.append((method, prefix, action))
+
+    def start(self) -> None:
+        """Serve in a background thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handle(self, request: BaseHTTPRequestHandler) -> None:
+        if request.path == "/__local/health":
+            _reply(request, 200, {"Content-Type": "application/json"}, b'{"ok": true}')
+            return
+        for method, prefix, action in self._local_routes:
+            if request.command == method and request.path.startswith(prefix):
+                result = action(request.path)
+                _reply(request, 200, {"Content-Type": "application/json"}, json.dumps(result).encode())
+                return
+        length = int(request.headers.get("Content-Length") or 0)
+        if length > _MAX_BODY_BYTES:
+            _reply(request, 413, {"Content-Type": "application/json"}, b'{"message": "Request too long"}')
+            return
+        body = request.rfile.read(length) if length else b""
+        headers = {
+            name: value
+            for name, value in request.headers.items()
+            if name.lower() != DEV_IDENTITY_HEADER.lower()
+        }
+        claimed = request.headers.get(DEV_IDENTITY_HEADER)
+        user_id = claimed if self._dev_identity and claimed else None
+        if user_id is None:
+            # What API Gateway does when the authorizer rejects: the function is never invoked.
+            _reply(request, 401, {"Content-Type": "application/json"}, b'{"message": "Unauthorized"}')
+            return
+        event = proxy_event(request.command, request.path, headers, body, user_id)
+        started = time.perf_counter()
+        try:
+            answer = self._invoke(event)
+        except Exception as exc:  # noqa: BLE001 — a function crash is API Gateway's 502
+            log.error("function failed: %s", exc)
+            _reply(
+                request, 502, {"Content-Type": "application/json"}, b'{"message": "Internal server error"}'
+            )
+            return
+        log.info("invoked on_demand_check in %.0f ms", (time.perf_counter() - started) * 1000)
+        status, out_headers, out_body = _from_proxy_result(answer)
+        _reply(request, status, out_headers, out_body)
+
+
+def _from_proxy_result(answer: Any) -> tuple[int, dict[str, str], bytes]:
+    if not isinstance(answer, dict) or "statusCode" not in answer:
+        return 502, {"Content-Type": "application/json"}, b'{"message": "Internal server error"}'
+    headers = {str(k): str(v) for k, v in (answer.get("headers") or {}).items()}
+    for name, values in (answer.get("multiValueHeaders") or {}).items():
+        if values:
+            headers[str(name)] = ", ".join(str(value) for value in values)
+    raw = answer.get("body") or ""
+    body = base64.b64decode(raw) if answer.get("isBase64Encoded") else str(raw).encode()
+    return int(answer["statusCode"]), headers, body
+
+
+def _reply(request: BaseHTTPRequestHandler, status: int, headers: dict[str, str], body: bytes) -> None:
+    request.send_response(status)
+    for name, value in headers.items():
+        request.send_header(name, value)
+    request.send_header("Content-Length", str(len(body)))
+    request.end_headers()
+    if body and request.command != "HEAD":
+        request.wfile.write(body)
+
+
+class LocalLambdaApi:
+    """Lambda's ``Invoke`` API for named local functions: ``Event`` invocations run in the background."""
+
+    def __init__(self, functions: dict[str, Invoke], host: str = "127.0.0.1", port: int = 0) -> None:
+        self._functions = functions
+        self.invocations: list[tuple[str, dict[str, Any]]] = []
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                api._handle(self)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                log.info("lambda api %s", self.path)
+
+        self._server = _QuietServer((host, port), Handler)
+        self.url = f"http://{host}:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="lambda-api", daemon=True)
+
+    def start(self) -> None:
+        """Serve in a background thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handle(self, request: BaseHTTPRequestHandler) -> None:
+        # /2015-03-31/functions/<name or ARN>/invocations
+        parts = urlsplit(request.path).path.strip("/").split("/")
+        if len(parts) != 4 or parts[1] != "functions" or parts[3] != "invocations":
+            _reply(request, 404, {"Content-Type": "application/json"}, b'{"Message": "not found"}')
+            return
+        # boto3 percent-encodes an ARN; keep the bare function name (without a version or alias).
+        name = unquote(parts[2]).split(":function:")[-1].split(":")[0]
+        invoke = self._functions.get(name)
+        length = int(request.headers.get("Content-Length") or 0)
+        payload = json.loads(request.rfile.read(length) or b"{}")
+        if invoke is None:
+            body = json.dumps({"Type": "User", "Message": f"Function not found: {name}"}).encode()
+            _reply(
+                request,
+                404,
+                {"Content-Type": "application/json", "x-amzn-ErrorType": "ResourceNotFoundException"},
+                body,
+            )
+            return
+        self.invocations.append((name, payload))
+        if request.headers.get("X-Amz-Invocation-Type") == "Event":
+            threading.Thread(target=invoke, args=(payload,), name=f"async-{name}", daemon=True).start()
+            _reply(request, 202, {"Content-Type": "application/json"}, b"")
+            return
+        result = invoke(payload)
+        _reply(request, 200, {"Content-Type": "application/json"}, json.dumps(result).encode())
