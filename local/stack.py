@@ -54,9 +54,13 @@ def load_env() -> dict[str, str]:
 
 def function_env(name: str, env: dict[str, str]) -> dict[str, str]:
     """The environment a function gets: the stack's settings plus what Lambda itself sets."""
-    settings = {key: value for key, value in env.items() if not key.startswith("UPDATE_DLQ")}
+    # As in AWS: the MongoDB URI and the MySQL credentials come from Secrets Manager (moto), not the env.
+    hidden = {"MONGODB_URI", "MYSQL_USER", "MYSQL_PASSWORD", "MYSQL_SECRET_NAME", "MONGODB_SECRET_NAME"}
+    settings = {key: value for key, value in env.items() if key not in hidden}
     settings.update(
         {
+            "MONGODB_SECRET_ARN": env["MONGODB_SECRET_NAME"],
+            "MYSQL_SECRET_ARN": env["MYSQL_SECRET_NAME"],
             "AWS_LAMBDA_FUNCTION_NAME": name,
             "POWERTOOLS_SERVICE_NAME": f"bytemark-ticket-cache-{name}",
             "AWS_ENDPOINT_URL_LAMBDA": f"http://127.0.0.1:{LAMBDA_API_PORT}",
