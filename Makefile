@@ -37,7 +37,7 @@ DEP_VALIDATE := $(if $(NODEPS),,validate)
 DEP_BUILD := $(if $(NODEPS),,build)
 
 .PHONY: help setup setup-venv setup-sam up-services down status lint test test-unit test-integration \
-	test-e2e validate build up demo bench
+	test-e2e validate build up demo bench cli
 
 help:
 	@sed -n '3,12p' Makefile | sed 's/^# \{0,1\}//'
@@ -94,3 +94,7 @@ demo: up
 
 bench: $(DEP_SERVICES) $(DEP_BUILD)
 	$(PYTHON) bench/run.py
+
+# The operator CLI on the local stack's settings, e.g. make cli ARGS="show 1001"
+cli: $(DEP_VENV)
+	@set -a && source local/defaults.env && set +a && PYTHONPATH=layers/shared $(PYTHON) -m bytemark_cache $(ARGS)

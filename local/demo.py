@@ -54,7 +54,11 @@ class Demo:
             autocommit=True,
         )
         self.sqs = boto3.client(
-            "sqs", endpoint_url=self.env["AWS_ENDPOINT_URL"], region_name=self.env["AWS_DEFAULT_REGION"]
+            "sqs",
+            endpoint_url=self.env["AWS_ENDPOINT_URL"],
+            region_name=self.env["AWS_DEFAULT_REGION"],
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
         )
         self.rows: list[tuple[str, str, str]] = []
 
@@ -137,7 +141,8 @@ class Demo:
         expect(status == 200, status, body)
         after = self.cache.find_one({"user_id": ALICE})
         assert after is not None
-        changed = [e for e in after["passes"] if e["timestamp"] == after["timestamp"]]
+        hashes = {e["pass_uuid"]: e["payload_hash"] for e in document["passes"]}
+        changed = [e for e in after["passes"] if hashes.get(e["pass_uuid"]) != e["payload_hash"]]
         new_log = self.log.count_documents({"user_id": ALICE}) - log_before
         shown = next(p for p in body["passes"] if p["pass_uuid"] == usable["pass_uuid"])
         self.step(
@@ -218,9 +223,7 @@ class Demo:
             f"v4 {counts['by_endpoint']['v4']})."
         )
         print(f"Try it yourself: curl -H 'X-Local-User-Id: {ALICE}' {GATEWAY}/tickets")
-        print(
-            f"Inspect a user:  .venv/bin/python -m bytemark_cache show {ALICE}   (PYTHONPATH=layers/shared)"
-        )
+        print(f'Inspect a user:  make cli ARGS="show {ALICE}"   (also: sync, log, backfill --dry-run)')
         print("Stop everything: make down")
 
 
