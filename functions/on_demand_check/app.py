@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -71,10 +72,14 @@ def _error(status: int, code: str, message: str, retry_after: float | None = Non
     )
 
 
-def _tickets_response(result: CheckResult) -> Response[str]:
+def _tickets_response(result: CheckResult, started: float) -> Response[str]:
     services: Services = app.context["services"]
     settings = services.settings
     metrics.add_metric(name=f"Cache_{result.source}", unit=MetricUnit.Count, value=1)
+    if result.called_upstream:
+        metrics.add_metric(name="UpstreamCalls", unit=MetricUnit.Count, value=1)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        metrics.add_metric(name="SyncLatency", unit=MetricUnit.Milliseconds, value=elapsed_ms)
     if result.changed_passes:
         metrics.add_metric(name="ChangedPasses", unit=MetricUnit.Count, value=result.changed_passes)
     body = tickets_body(
@@ -109,7 +114,8 @@ def get_tickets() -> Response[str]:
     user_id = _caller_id()
     logger.append_keys(user_id=user_id)
     services: Services = app.context["services"]
-    return _tickets_response(services.tickets.check_with_ttl(user_id))
+    started = time.perf_counter()
+    return _tickets_response(services.tickets.check_with_ttl(user_id), started)
 
 
 @app.post("/tickets/sync")
@@ -119,9 +125,9 @@ def sync_tickets() -> Response[str]:
     user_id = _caller_id()
     logger.append_keys(user_id=user_id)
     services: Services = app.context["services"]
-    return _tickets_response(
-        services.tickets.forced_check(user_id, services.settings.forced_sync_interval_seconds)
-    )
+    started = time.perf_counter()
+    result = services.tickets.forced_check(user_id, services.settings.forced_sync_interval_seconds)
+    return _tickets_response(result, started)
 
 
 @app.exception_handler(Unauthenticated)

@@ -227,3 +227,27 @@ def test_events_are_not_mutated(world: FakeWorld) -> None:
     invoke(world, event)
 
     assert event == original
+
+
+def emitted_metrics(captured: str) -> set[str]:
+    """Metric names in the CloudWatch EMF documents Powertools printed."""
+    names: set[str] = set()
+    for line in captured.splitlines():
+        if '"_aws"' in line:
+            document = json.loads(line)
+            for directive in document["_aws"]["CloudWatchMetrics"]:
+                names.update(metric["Name"] for metric in directive["Metrics"])
+    return names
+
+
+def test_metrics_tell_cache_hits_from_upstream_syncs(
+    world: FakeWorld, capsys: pytest.CaptureFixture[str]
+) -> None:
+    invoke(world, load_event("apigw_get_tickets.json"))
+    first = emitted_metrics(capsys.readouterr().out)
+    invoke(world, load_event("apigw_get_tickets.json"))
+    second = emitted_metrics(capsys.readouterr().out)
+
+    assert {"Cache_built", "UpstreamCalls", "SyncLatency", "ChangedPasses"} <= first
+    assert "Cache_cache" in second
+    assert not {"UpstreamCalls", "SyncLatency"} & second

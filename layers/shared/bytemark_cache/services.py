@@ -57,6 +57,11 @@ class CheckResult:
         """True when Bytemark failed and the cache was served as it was."""
         return self.source == "stale"
 
+    @property
+    def called_upstream(self) -> bool:
+        """True when this call itself asked Bytemark (built, synced, or tried and served stale)."""
+        return self.source in ("built", "synced", "stale")
+
 
 @dataclass(frozen=True)
 class BackfillResult:
