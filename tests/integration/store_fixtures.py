@@ -27,17 +27,8 @@ from bytemark_cache.adapters.mongo_store import MongoCacheStore, connect
 
 DEFAULTS_FILE = Path(__file__).resolve().parents[2] / "local" / "defaults.env"
 SERVER_TIMEOUT_MS = 3000
-TABLE_DDL = """
-CREATE TABLE bytemark_tokens (
-  id       INT AUTO_INCREMENT PRIMARY KEY,
-  user_id  INT NOT NULL,
-  email    VARCHAR(255) NULL,
-  password VARCHAR(255) NULL,
-  token    TEXT NULL,
-  status   VARCHAR(32) NULL,
-  UNIQUE INDEX user_id_unique_idx__001 (user_id)
-)
-"""
+# The SPEC §3 table exactly as the migration creates it (one statement).
+TABLE_DDL = (DEFAULTS_FILE.parent / "migrations" / "001_bytemark_tokens.sql").read_text()
 
 
 @cache
