@@ -132,11 +132,13 @@ def sync_tickets() -> Response[str]:
 
 @app.exception_handler(Unauthenticated)
 def _unauthenticated(_exc: Unauthenticated) -> Response[str]:
+    metrics.add_metric(name="Unauthenticated", unit=MetricUnit.Count, value=1)
     return _error(401, "unauthenticated", "no caller identity from the authorizer")
 
 
 @app.exception_handler(NoBytemarkAccount)
 def _no_account(_exc: NoBytemarkAccount) -> Response[str]:
+    metrics.add_metric(name="NoBytemarkAccount", unit=MetricUnit.Count, value=1)
     return _error(404, "no_bytemark_account", "this user has no linked Bytemark account")
 
 
@@ -186,6 +188,7 @@ def _unexpected(_exc: Exception) -> Response[str]:
 
 @app.not_found
 def _not_found(_exc: Exception) -> Response[str]:
+    metrics.add_metric(name="RouteNotFound", unit=MetricUnit.Count, value=1)
     return _error(404, "not_found", "no such route")
 
 

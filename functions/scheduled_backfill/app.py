@@ -56,6 +56,7 @@ def lambda_handler(
         request = parse_backfill_request(event)
     except InvalidInput as exc:
         # Retrying bad input cannot help: answer (no exception, so no EventBridge retry) and log loudly.
+        metrics.add_metric(name="InvalidBackfillInput", unit=MetricUnit.Count, value=1)
         logger.error("invalid back-fill input", reason=str(exc))
         return {"error": "invalid_input", "message": str(exc)}
     logger.append_keys(mode=request.mode, run_id=request.run_id)
