@@ -4,11 +4,14 @@ Endpoints come from ``local_env`` (local/defaults.env overridden by the environm
 not answer fails the test with the command that starts it — never a skip, so a green run always means
 the servers were really exercised.
 
-Isolation: the session uses its own MongoDB database, MySQL database (schema from local/migrations) and
-SQS queue pair, all named ``btc_test_<run id>`` / ``btc-test-<run id>-…`` and removed at the end. Each
-test that asks for them gets them emptied: the MongoDB database is dropped, ``bytemark_tokens`` is
-emptied, the queues are purged and the Bytemark simulator is reset. ``integration_env`` and
-``settings`` point the application at exactly these resources.
+Isolation: every resource is named ``btc_test_…`` / ``btc-test-…`` and removed afterwards.
+- MongoDB: ``mongo_db`` is the session's database, dropped around each test; ``collection_names`` are
+  unique to the test; ``monitored_cache_store`` records what its own client sends.
+- MySQL: ``mysql_database`` is created once per session from local/migrations/*.sql; ``mysql_conn``
+  empties ``bytemark_tokens`` around each test (and may KILL the application's connections).
+- SQS: ``update_queue`` is a queue and its dead-letter queue made for the test alone.
+- Bytemark: ``simulator`` is the session's in-process simulator, reset for the test.
+``integration_env`` and ``settings`` point the application at exactly these resources.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeAlias
 
 import boto3
+import bson
 import pymongo
 import pymysql
 import pytest
@@ -28,22 +33,26 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
+from pymongo.monitoring import CommandFailedEvent, CommandListener, CommandStartedEvent, CommandSucceededEvent
 from pymysql.constants import CLIENT
 
+from bytemark_cache.adapters.mongo_store import MongoCacheStore, connect
 from bytemark_cache.config import Settings
+from bytemark_cache.errors import StoreError
 from bytemark_simulator import SimulatorServer
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "local" / "migrations"
 SERVER_TIMEOUT_MS = 3000
-START_HINT = "start the local servers with `make up-services` (or local/services.sh up)"
 
+MongoDatabase: TypeAlias = "Database[dict[str, Any]]"
 MySqlConnection: TypeAlias = "pymysql.connections.Connection[Any]"
 SeedToken: TypeAlias = Callable[..., None]
+RecordedCommand: TypeAlias = tuple[str, dict[str, Any], int]
 
 
 @dataclass(frozen=True)
 class QueuePair:
-    """The session's update queue and its dead-letter queue (redrive after ``max_receive_count``)."""
+    """A test's update queue and its dead-letter queue (redrive after ``max_receive_count``)."""
 
     url: str
     arn: str
@@ -52,14 +61,25 @@ class QueuePair:
     max_receive_count: int
 
 
-def fail_setup(message: str, *, pytrace: bool = False) -> NoReturn:
+def unique_id() -> str:
+    """A name fragment no other test or session uses."""
+    return uuid.uuid4().hex[:12]
+
+
+def fail_setup(message: str) -> NoReturn:
     """Fail the test with ``message`` alone: no chained driver traceback burying the hint."""
     __tracebackhide__ = True
-    raise pytest.fail.Exception(message, pytrace=pytrace) from None
+    raise pytest.fail.Exception(message, pytrace=False) from None
 
 
-def _redact(uri: str) -> str:
-    """``uri`` without a password, for failure messages."""
+def server_down(problem: str, exc: BaseException) -> NoReturn:
+    """Fail the test: ``problem`` (which server, where), the driver's reason and how to start it."""
+    __tracebackhide__ = True
+    fail_setup(f"{problem}: {exc}. Start it with `make up-services` (or local/services.sh up).")
+
+
+def redact(uri: str) -> str:
+    """``uri`` without its password, for failure messages."""
     scheme, separator, rest = uri.partition("://")
     credentials, at, host = rest.rpartition("@")
     if not separator or not at:
@@ -69,25 +89,52 @@ def _redact(uri: str) -> str:
 
 @pytest.fixture(scope="session")
 def run_id() -> str:
-    """A name fragment no other test session uses."""
-    return uuid.uuid4().hex[:12]
+    """The name fragment of this session's databases."""
+    return unique_id()
 
 
 # -- MongoDB (FerretDB locally) -------------------------------------------------------------------
 
 
+class CommandRecorder(CommandListener):
+    """Records every command a MongoClient sends: name, body and encoded size in bytes."""
+
+    def __init__(self) -> None:
+        self.commands: list[RecordedCommand] = []
+
+    def started(self, event: CommandStartedEvent) -> None:
+        """Remember the command with its BSON size."""
+        command = dict(event.command)
+        self.commands.append((event.command_name, command, len(bson.encode(command))))
+
+    def succeeded(self, event: CommandSucceededEvent) -> None:
+        """Nothing to record."""
+
+    def failed(self, event: CommandFailedEvent) -> None:
+        """Nothing to record."""
+
+    def clear(self) -> None:
+        """Forget what was recorded."""
+        self.commands.clear()
+
+    def named(self, *names: str) -> list[RecordedCommand]:
+        """The recorded commands with one of ``names`` (ignoring handshakes, pings, endSessions …)."""
+        return [command for command in self.commands if command[0] in names]
+
+
 @pytest.fixture(scope="session")
 def mongo_client(local_env: dict[str, str]) -> Iterator[pymongo.MongoClient[dict[str, Any]]]:
-    """A client of the MongoDB server under test, checked with a ping."""
+    """A client of the MongoDB server under test (built like the application's), checked with a ping."""
     uri = local_env["MONGODB_URI"]
-    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
-        uri, serverSelectionTimeoutMS=SERVER_TIMEOUT_MS, connectTimeoutMS=SERVER_TIMEOUT_MS
-    )
+    try:
+        client = connect(uri, "admin", timeout_ms=SERVER_TIMEOUT_MS).client
+    except StoreError as exc:
+        fail_setup(f"MONGODB_URI {redact(uri)} is unusable: {exc}")
     try:
         client.admin.command("ping")
     except PyMongoError as exc:
         client.close()
-        fail_setup(f"MongoDB does not answer at {_redact(uri)}: {exc}. {START_HINT}", pytrace=False)
+        server_down(f"MongoDB does not answer at {redact(uri)}", exc)
     try:
         yield client
     finally:
@@ -95,9 +142,7 @@ def mongo_client(local_env: dict[str, str]) -> Iterator[pymongo.MongoClient[dict
 
 
 @pytest.fixture
-def mongo_db(
-    mongo_client: pymongo.MongoClient[dict[str, Any]], run_id: str
-) -> Iterator[Database[dict[str, Any]]]:
+def mongo_db(mongo_client: pymongo.MongoClient[dict[str, Any]], run_id: str) -> Iterator[MongoDatabase]:
     """The session's MongoDB database, dropped before and after the test (so always empty at start)."""
     name = f"btc_test_{run_id}"
     mongo_client.drop_database(name)
@@ -107,16 +152,64 @@ def mongo_db(
         mongo_client.drop_database(name)
 
 
+@pytest.fixture
+def collection_names() -> tuple[str, str, str]:
+    """Cache, log and lease collection names unique to the test."""
+    suffix = unique_id()
+    return f"cache_{suffix}", f"log_{suffix}", f"leases_{suffix}"
+
+
+@pytest.fixture
+def mongo_cache_store(mongo_db: MongoDatabase, collection_names: tuple[str, str, str]) -> MongoCacheStore:
+    """A MongoCacheStore on ``mongo_db`` and the test's collections, its indexes made."""
+    store = MongoCacheStore(mongo_db, *collection_names)
+    store.ensure_indexes()
+    return store
+
+
+@pytest.fixture
+def command_recorder() -> CommandRecorder:
+    """The recorder of every command ``monitored_cache_store``'s client sends."""
+    return CommandRecorder()
+
+
+@pytest.fixture
+def monitored_cache_store(
+    local_env: dict[str, str],
+    mongo_cache_store: MongoCacheStore,
+    mongo_db: MongoDatabase,
+    collection_names: tuple[str, str, str],
+    command_recorder: CommandRecorder,
+) -> Iterator[MongoCacheStore]:
+    """``mongo_cache_store``'s collections through a client of its own (built by ``connect``), recorded."""
+    database = connect(local_env["MONGODB_URI"], mongo_db.name, event_listeners=[command_recorder])
+    try:
+        store = MongoCacheStore(database, *collection_names)
+        command_recorder.clear()
+        yield store
+    finally:
+        database.client.close()
+
+
 # -- MySQL (MariaDB locally) ----------------------------------------------------------------------
 
 
-def _mysql_connect(local_env: dict[str, str], database: str | None = None, **extra: Any) -> MySqlConnection:
+@pytest.fixture(scope="session")
+def mysql_connect_args(local_env: dict[str, str]) -> dict[str, Any]:
+    """Host, port, user and password of the MySQL server under test (``pymysql.connect`` keywords)."""
+    return {
+        "host": local_env["MYSQL_HOST"],
+        "port": int(local_env["MYSQL_PORT"]),
+        "user": local_env["MYSQL_USER"],
+        "password": local_env.get("MYSQL_PASSWORD", ""),
+    }
+
+
+def connect_mysql(connect_args: dict[str, Any], database: str | None = None, **extra: Any) -> MySqlConnection:
+    """An autocommit connection (to ``database`` if given); a refusing server fails the test."""
     try:
         return pymysql.connect(
-            host=local_env["MYSQL_HOST"],
-            port=int(local_env["MYSQL_PORT"]),
-            user=local_env["MYSQL_USER"],
-            password=local_env.get("MYSQL_PASSWORD", ""),
+            **connect_args,
             database=database,
             autocommit=True,
             connect_timeout=5,
@@ -124,11 +217,8 @@ def _mysql_connect(local_env: dict[str, str], database: str | None = None, **ext
             **extra,
         )
     except pymysql.MySQLError as exc:
-        fail_setup(
-            f"MySQL does not accept {local_env['MYSQL_USER']} at "
-            f"{local_env['MYSQL_HOST']}:{local_env['MYSQL_PORT']}: {exc}. {START_HINT}",
-            pytrace=False,
-        )
+        where = f"{connect_args['host']}:{connect_args['port']}/{database or ''}"
+        server_down(f"MySQL does not accept {connect_args['user']} at {where}", exc)
 
 
 def apply_migrations(connection: MySqlConnection) -> list[str]:
@@ -144,23 +234,22 @@ def apply_migrations(connection: MySqlConnection) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def mysql_database(local_env: dict[str, str], run_id: str) -> Iterator[str]:
+def mysql_database(mysql_connect_args: dict[str, Any], run_id: str) -> Iterator[str]:
     """A MySQL database of this session with the schema of local/migrations; dropped at the end."""
     name = f"btc_test_{run_id}"
-    connection = _mysql_connect(local_env, client_flag=CLIENT.MULTI_STATEMENTS)
+    connection = connect_mysql(mysql_connect_args, client_flag=CLIENT.MULTI_STATEMENTS)
     try:
         with connection.cursor() as cursor:
             try:
                 cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
             except pymysql.MySQLError as exc:
                 fail_setup(
-                    f"cannot create the test database {name} as {local_env['MYSQL_USER']}: {exc}. "
-                    "local/services.sh up grants it ALL on `btc\\_test\\_%`.*",
-                    pytrace=False,
+                    f"cannot create the test database {name} as {mysql_connect_args['user']}: {exc}. "
+                    "local/services.sh up grants it ALL on `btc\\_test\\_%`.*"
                 )
         connection.select_db(name)
         if not apply_migrations(connection):
-            fail_setup(f"no migrations in {MIGRATIONS_DIR}", pytrace=False)
+            fail_setup(f"no migrations in {MIGRATIONS_DIR}")
         yield name
     finally:
         with connection.cursor() as cursor:
@@ -169,9 +258,9 @@ def mysql_database(local_env: dict[str, str], run_id: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def mysql_conn(local_env: dict[str, str], mysql_database: str) -> Iterator[MySqlConnection]:
-    """An autocommit connection to the session's MySQL database; ``bytemark_tokens`` emptied around it."""
-    connection = _mysql_connect(local_env, mysql_database)
+def mysql_conn(mysql_connect_args: dict[str, Any], mysql_database: str) -> Iterator[MySqlConnection]:
+    """A test-side autocommit connection to ``mysql_database``; ``bytemark_tokens`` emptied around it."""
+    connection = connect_mysql(mysql_connect_args, mysql_database)
     try:
         with connection.cursor() as cursor:
             cursor.execute("DELETE FROM bytemark_tokens")
@@ -184,10 +273,7 @@ def mysql_conn(local_env: dict[str, str], mysql_database: str) -> Iterator[MySql
 
 @pytest.fixture
 def seed_token(mysql_conn: MySqlConnection) -> SeedToken:
-    """``seed_token(user_id, token, *, email=None, status="ACTIVE")`` upserts a ``bytemark_tokens`` row.
-
-    The rows go when the test ends (``mysql_conn`` empties the table).
-    """
+    """``seed_token(user_id, token, *, email=None, status="ACTIVE")`` upserts a ``bytemark_tokens`` row."""
 
     def seed(
         user_id: int, token: str | None, *, email: str | None = None, status: str | None = "ACTIVE"
@@ -206,7 +292,8 @@ def seed_token(mysql_conn: MySqlConnection) -> SeedToken:
 # -- SQS and Secrets Manager (moto locally) -------------------------------------------------------
 
 
-def _aws_client(service: str, local_env: dict[str, str]) -> Any:
+def aws_client(service: str, local_env: dict[str, str]) -> Any:
+    """A boto3 client of the local endpoint with the local region and (dummy) credentials."""
     return boto3.client(
         service,
         endpoint_url=local_env["AWS_ENDPOINT_URL"],
@@ -218,57 +305,51 @@ def _aws_client(service: str, local_env: dict[str, str]) -> Any:
 
 
 @pytest.fixture(scope="session")
-def sqs_client(local_env: dict[str, str]) -> Any:
-    """A boto3 SQS client of the local endpoint, checked with ListQueues."""
-    client = _aws_client("sqs", local_env)
+def aws_endpoint(local_env: dict[str, str]) -> str:
+    """The local AWS endpoint (moto), checked once with ListQueues."""
+    endpoint = local_env["AWS_ENDPOINT_URL"]
     try:
-        client.list_queues()
+        aws_client("sqs", local_env).list_queues()
     except (BotoCoreError, ClientError) as exc:
-        fail_setup(
-            f"SQS does not answer at {local_env['AWS_ENDPOINT_URL']}: {exc}. {START_HINT}", pytrace=False
-        )
-    return client
-
-
-@pytest.fixture(scope="session")
-def secrets_client(local_env: dict[str, str], sqs_client: Any) -> Any:
-    """A boto3 Secrets Manager client of the local endpoint (reachability checked through SQS)."""
-    return _aws_client("secretsmanager", local_env)
-
-
-@pytest.fixture(scope="session")
-def session_queues(sqs_client: Any, run_id: str) -> Iterator[QueuePair]:
-    """An update queue and DLQ of this session, wired like the real pair; deleted at the end."""
-    dlq_url = sqs_client.create_queue(QueueName=f"btc-test-{run_id}-dlq")["QueueUrl"]
-    dlq_arn = sqs_client.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
-    max_receive_count = 3
-    url = sqs_client.create_queue(
-        QueueName=f"btc-test-{run_id}-updates",
-        Attributes={
-            "VisibilityTimeout": "30",
-            "RedrivePolicy": json.dumps(
-                {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count}
-            ),
-        },
-    )["QueueUrl"]
-    arn = sqs_client.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    try:
-        yield QueuePair(
-            url=url, arn=arn, dlq_url=dlq_url, dlq_arn=dlq_arn, max_receive_count=max_receive_count
-        )
-    finally:
-        sqs_client.delete_queue(QueueUrl=url)
-        sqs_client.delete_queue(QueueUrl=dlq_url)
+        server_down(f"SQS does not answer at {endpoint}", exc)
+    return endpoint
 
 
 @pytest.fixture
-def update_queue(sqs_client: Any, session_queues: QueuePair) -> QueuePair:
-    """The session's queue pair, purged so the test starts with no messages."""
-    for queue_url in (session_queues.url, session_queues.dlq_url):
-        sqs_client.purge_queue(QueueUrl=queue_url)
-    return session_queues
+def sqs_client(local_env: dict[str, str], aws_endpoint: str) -> Any:
+    """A boto3 SQS client of the test's own (event hooks the test registers on it go with it)."""
+    return aws_client("sqs", local_env)
+
+
+@pytest.fixture(scope="session")
+def secrets_client(local_env: dict[str, str], aws_endpoint: str) -> Any:
+    """A boto3 Secrets Manager client of the local endpoint."""
+    return aws_client("secretsmanager", local_env)
+
+
+@pytest.fixture
+def update_queue(sqs_client: Any) -> Iterator[QueuePair]:
+    """An update queue and DLQ of the test alone, wired like the real pair; deleted afterwards."""
+    name = f"btc-test-{unique_id()}"
+    max_receive_count = 3
+
+    def arn_of(queue_url: str) -> str:
+        attributes = sqs_client.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
+        return str(attributes["Attributes"]["QueueArn"])
+
+    with ExitStack() as cleanup:
+        dlq_url = sqs_client.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
+        cleanup.callback(sqs_client.delete_queue, QueueUrl=dlq_url)
+        dlq_arn = arn_of(dlq_url)
+        redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count}
+        url = sqs_client.create_queue(
+            QueueName=f"{name}-updates",
+            Attributes={"VisibilityTimeout": "30", "RedrivePolicy": json.dumps(redrive)},
+        )["QueueUrl"]
+        cleanup.callback(sqs_client.delete_queue, QueueUrl=url)
+        yield QueuePair(
+            url=url, arn=arn_of(url), dlq_url=dlq_url, dlq_arn=dlq_arn, max_receive_count=max_receive_count
+        )
 
 
 # -- Bytemark simulator ---------------------------------------------------------------------------
@@ -286,7 +367,7 @@ def simulator_server() -> Iterator[SimulatorServer]:
 
 @pytest.fixture
 def simulator(simulator_server: SimulatorServer) -> SimulatorServer:
-    """The session's simulator, reset (no users, no faults) for this test."""
+    """The session's simulator, reset (no users, no faults, its own clock) for this test."""
     simulator_server.admin.reset()
     return simulator_server
 
@@ -297,13 +378,13 @@ def simulator(simulator_server: SimulatorServer) -> SimulatorServer:
 @pytest.fixture
 def integration_env(
     local_env: dict[str, str],
-    mongo_db: Database[dict[str, Any]],
+    mongo_db: MongoDatabase,
     mysql_database: str,
     mysql_conn: MySqlConnection,
     update_queue: QueuePair,
     simulator: SimulatorServer,
 ) -> dict[str, str]:
-    """The application's environment aimed at this session's clean resources and the simulator."""
+    """The application's environment aimed at this test's clean resources and the simulator."""
     return {
         **local_env,
         "MONGODB_DATABASE": mongo_db.name,

@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from bytemark_cache.config import Settings
-from tests.integration.conftest import MIGRATIONS_DIR, MySqlConnection, QueuePair, SeedToken
+from tests.integration.conftest import MIGRATIONS_DIR, MySqlConnection, QueuePair, SeedToken, connect_mysql
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SIXTEEN_MIB = 16 * 1024 * 1024
@@ -218,23 +219,15 @@ def test_ordered_bulk_write_applies_in_order_and_stops_at_the_first_error(
 
 
 @pytest.fixture
-def portal_connection(local_env: dict[str, str]) -> Any:
+def portal_connection(
+    mysql_connect_args: dict[str, Any], local_env: dict[str, str]
+) -> Iterator[MySqlConnection]:
     """A connection to the configured database (``portal``), as the application user."""
+    connection = connect_mysql(mysql_connect_args, local_env["MYSQL_DATABASE"])
     try:
-        connection = pymysql.connect(
-            host=local_env["MYSQL_HOST"],
-            port=int(local_env["MYSQL_PORT"]),
-            user=local_env["MYSQL_USER"],
-            password=local_env["MYSQL_PASSWORD"],
-            database=local_env["MYSQL_DATABASE"],
-            connect_timeout=5,
-        )
-    except pymysql.MySQLError as exc:
-        pytest.fail(
-            f"cannot open {local_env['MYSQL_DATABASE']}: {exc}. Run `make up-services`", pytrace=False
-        )
-    yield connection
-    connection.close()
+        yield connection
+    finally:
+        connection.close()
 
 
 def test_portal_database_has_the_spec_bytemark_tokens_table(

@@ -29,10 +29,9 @@ from bytemark_cache.domain.sync import apply_plan, plan_sync
 from bytemark_cache.errors import ConcurrentModification, StoreError
 
 if TYPE_CHECKING:
-    from tests.integration.store_fixtures import CommandRecorder
+    from tests.integration.conftest import CommandRecorder
 
 pytestmark = pytest.mark.integration
-pytest_plugins = ("tests.integration.store_fixtures",)
 
 USER = 4242
 T0 = 1_718_400_000
@@ -166,7 +165,7 @@ def test_noop_sync_sends_one_small_update_and_no_log(
     mongo_cache_store: MongoCacheStore,
     monitored_cache_store: MongoCacheStore,
     command_recorder: CommandRecorder,
-    store_collections: tuple[str, str, str],
+    collection_names: tuple[str, str, str],
 ) -> None:
     passes = [make_element(f"p{i}") for i in range(100)]
     mongo_cache_store.apply(create_plan(passes))
@@ -181,7 +180,7 @@ def test_noop_sync_sends_one_small_update_and_no_log(
     )
 
     sent = command_recorder.named("update", "insert", "delete", "findAndModify", "find")
-    cache_name, log_name, lease_name = store_collections
+    cache_name, log_name, lease_name = collection_names
     # Claim the revision, update the cache document, release the claim; nothing for the log.
     assert [(name, command[name]) for name, command, _ in sent] == [
         ("insert", lease_name),
@@ -208,12 +207,12 @@ def test_one_changed_pass_among_100_sends_only_that_elements_fields(
     mongo_cache_store: MongoCacheStore,
     monitored_cache_store: MongoCacheStore,
     command_recorder: CommandRecorder,
-    store_mongo_db: Database[dict[str, Any]],
-    store_collections: tuple[str, str, str],
+    mongo_db: Database[dict[str, Any]],
+    collection_names: tuple[str, str, str],
 ) -> None:
     passes = [make_element(f"p{i}") for i in range(100)]
     mongo_cache_store.apply(create_plan(passes))
-    document_size = len(bson.encode(raw(store_mongo_db, store_collections[0])))
+    document_size = len(bson.encode(raw(mongo_db, collection_names[0])))
     new_element = changed(passes[57])
     final = [*passes[:57], new_element, *passes[58:]]
     command_recorder.clear()
@@ -230,7 +229,7 @@ def test_one_changed_pass_among_100_sends_only_that_elements_fields(
     )
 
     sent = command_recorder.named("update", "insert", "delete", "findAndModify", "find")
-    cache_name, log_name, lease_name = store_collections
+    cache_name, log_name, lease_name = collection_names
     assert [(name, command[name]) for name, command, _ in sent] == [
         ("insert", lease_name),
         ("update", cache_name),
@@ -268,13 +267,13 @@ def test_one_changed_pass_among_100_sends_only_that_elements_fields(
 
 def test_updated_removed_and_appended_in_both_arrays_at_once(
     mongo_cache_store: MongoCacheStore,
-    store_mongo_db: Database[dict[str, Any]],
-    store_collections: tuple[str, str, str],
+    mongo_db: Database[dict[str, Any]],
+    collection_names: tuple[str, str, str],
 ) -> None:
     passes = [make_element(f"p{i}", filler=100) for i in range(6)]
     passes4 = [make_element(f"h{i}", "EXPIRED", filler=100) for i in range(4)]
     mongo_cache_store.apply(create_plan(passes, passes4))
-    stored_before = raw(store_mongo_db, store_collections[0])
+    stored_before = raw(mongo_db, collection_names[0])
     p1, p4 = changed(passes[1]), changed(passes[4], status="USES_GONE")
     h3 = changed(passes4[3], status="EXPIRED")
     new_pass, new_history = make_element("p-new", filler=100), make_element("h-new", "EXPIRED", filler=100)
@@ -302,7 +301,7 @@ def test_updated_removed_and_appended_in_both_arrays_at_once(
         )
     )
 
-    stored = raw(store_mongo_db, store_collections[0])
+    stored = raw(mongo_db, collection_names[0])
     assert stored["passes"] == final_passes
     assert stored["passes4"] == final_passes4
     assert stored["timestamp"] == T0 + 60
@@ -376,15 +375,15 @@ def test_passes4_bound_drops_the_oldest_history(mongo_cache_store: MongoCacheSto
 
 def test_unknown_fields_of_older_writers_survive_a_sync(
     mongo_cache_store: MongoCacheStore,
-    store_mongo_db: Database[dict[str, Any]],
-    store_collections: tuple[str, str, str],
+    mongo_db: Database[dict[str, Any]],
+    collection_names: tuple[str, str, str],
 ) -> None:
     element_ids = [ObjectId() for _ in range(4)]
     passes = [{"_id": element_ids[i], **make_element(f"p{i}", filler=50)} for i in range(4)]
     history = [{"_id": ObjectId(), **make_element("h0", "EXPIRED", filler=50)}]
     passes_log = [{"uuid": "p0", "when": "2023-01-01"}]
     # A document the Node service wrote: no revision, Mongoose's __v, its passesLog, element _ids.
-    store_mongo_db[store_collections[0]].insert_one(
+    mongo_db[collection_names[0]].insert_one(
         {
             "user_id": USER,
             "timestamp": T0,
@@ -411,7 +410,7 @@ def test_unknown_fields_of_older_writers_survive_a_sync(
         )
     )
 
-    stored = raw(store_mongo_db, store_collections[0])
+    stored = raw(mongo_db, collection_names[0])
     assert stored["passesLog"] == passes_log
     assert stored["__v"] == 7
     assert [e.get("_id") for e in stored["passes"]] == [element_ids[0], element_ids[2], element_ids[3], None]
@@ -486,8 +485,8 @@ def test_every_kind_of_sync_stores_what_the_domain_says(mongo_cache_store: Mongo
 
 def test_a_node_document_syncs_as_the_domain_says(
     mongo_cache_store: MongoCacheStore,
-    store_mongo_db: Database[dict[str, Any]],
-    store_collections: tuple[str, str, str],
+    mongo_db: Database[dict[str, Any]],
+    collection_names: tuple[str, str, str],
 ) -> None:
     fresh = [bytemark_pass("p1", 1), bytemark_pass("p2", 2, "USING", modified=3), bytemark_pass("p3", 3)]
     stale = [bytemark_pass("p1", 1), bytemark_pass("p2", 2), bytemark_pass("p9", 9)]
@@ -500,7 +499,7 @@ def test_a_node_document_syncs_as_the_domain_says(
         "passesLog": [{"note": "kept"}],
         "__v": 3,
     }
-    store_mongo_db[store_collections[0]].insert_one(node_document)
+    mongo_db[collection_names[0]].insert_one(node_document)
     old = mongo_cache_store.load(USER)
 
     plan = plan_sync(USER, old, FetchedPasses(fresh, []), T0 + 60, passes4_limit=10)
@@ -518,15 +517,15 @@ def test_a_node_document_syncs_as_the_domain_says(
 
 def test_stale_revision_raises_and_writes_nothing(
     mongo_cache_store: MongoCacheStore,
-    store_mongo_db: Database[dict[str, Any]],
-    store_collections: tuple[str, str, str],
+    mongo_db: Database[dict[str, Any]],
+    collection_names: tuple[str, str, str],
 ) -> None:
     passes = [make_element(f"p{i}", filler=50) for i in range(3)]
     mongo_cache_store.apply(create_plan(passes))
     mongo_cache_store.apply(
         SyncPlan(USER, T0 + 1, 1, unchanged("passes", passes), unchanged("passes4", []), [])
     )
-    before = raw(store_mongo_db, store_collections[0])
+    before = raw(mongo_db, collection_names[0])
     log_before = mongo_cache_store.read_log(USER, 100)
     p0 = changed(passes[0])
 
@@ -548,7 +547,7 @@ def test_stale_revision_raises_and_writes_nothing(
             )
         )
 
-    assert raw(store_mongo_db, store_collections[0]) == before
+    assert raw(mongo_db, collection_names[0]) == before
     assert mongo_cache_store.read_log(USER, 100) == log_before
 
 
@@ -572,8 +571,8 @@ def test_updating_a_missing_document_is_a_concurrent_modification(mongo_cache_st
 @pytest.mark.parametrize("round_", range(8))
 def test_two_writers_from_the_same_base_exactly_one_wins(
     mongo_cache_store: MongoCacheStore,
-    store_mongo_db: Database[dict[str, Any]],
-    store_collections: tuple[str, str, str],
+    mongo_db: Database[dict[str, Any]],
+    collection_names: tuple[str, str, str],
     round_: int,
 ) -> None:
     passes = [make_element(f"p{i}", filler=200) for i in range(10)]
@@ -623,7 +622,7 @@ def test_two_writers_from_the_same_base_exactly_one_wins(
 
     assert sorted(outcomes.values()) == ["lost", "won"]
     winner = next(writer for writer, outcome in outcomes.items() if outcome == "won")
-    stored = raw(store_mongo_db, store_collections[0])
+    stored = raw(mongo_db, collection_names[0])
     assert stored["passes"] == plans[winner].passes.final
     assert "sync_pending" not in stored
     assert {entry["uuid"] for entry in mongo_cache_store.read_log(USER, 100)} - {
@@ -633,11 +632,11 @@ def test_two_writers_from_the_same_base_exactly_one_wins(
 
 def test_a_claim_left_by_a_dead_writer_blocks_until_it_expires(
     mongo_cache_store: MongoCacheStore,
-    store_mongo_db: Database[dict[str, Any]],
-    store_collections: tuple[str, str, str],
+    mongo_db: Database[dict[str, Any]],
+    collection_names: tuple[str, str, str],
 ) -> None:
     mongo_cache_store.apply(create_plan([make_element("p0", filler=50)]))
-    leases = store_mongo_db[store_collections[2]]
+    leases = mongo_db[collection_names[2]]
     noop = SyncPlan(USER, T0 + 60, 1, unchanged("passes", []), unchanged("passes4", []), [])
     leases.insert_one({"_id": f"revision:{USER}:1", "user_id": USER, "owner": "dead", "expires_at": 4e9})
 
@@ -726,12 +725,12 @@ def test_mark_pass_status_and_a_sync_never_lose_each_others_write(
 
 
 def test_size_guard_trims_the_oldest_passes4_and_warns(
-    store_mongo_db: Database[dict[str, Any]],
-    store_collections: tuple[str, str, str],
+    mongo_db: Database[dict[str, Any]],
+    collection_names: tuple[str, str, str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     limit = 60_000
-    store = MongoCacheStore(store_mongo_db, *store_collections, max_document_bytes=limit)
+    store = MongoCacheStore(mongo_db, *collection_names, max_document_bytes=limit)
     store.ensure_indexes()
     passes = [make_element(f"p{i}", filler=1000) for i in range(5)]
     history = [make_element(f"h{i:02d}", "EXPIRED", filler=1000) for i in range(20)]
@@ -751,7 +750,7 @@ def test_size_guard_trims_the_oldest_passes4_and_warns(
             )
         )
 
-    stored = raw(store_mongo_db, store_collections[0])
+    stored = raw(mongo_db, collection_names[0])
     size = len(bson.encode(stored))
     assert size <= limit
     kept = [e["pass_uuid"] for e in stored["passes4"]]
@@ -774,12 +773,12 @@ def test_cache_timestamps_is_one_projected_query(
     mongo_cache_store: MongoCacheStore,
     monitored_cache_store: MongoCacheStore,
     command_recorder: CommandRecorder,
-    store_mongo_db: Database[dict[str, Any]],
-    store_collections: tuple[str, str, str],
+    mongo_db: Database[dict[str, Any]],
+    collection_names: tuple[str, str, str],
 ) -> None:
     for user in (1, 2, 3):
         mongo_cache_store.apply(create_plan([make_element("p", filler=3000)], user=user))
-    store_mongo_db[store_collections[0]].insert_one({"user_id": 4, "timestamp": float(T0 - 5), "passes": []})
+    mongo_db[collection_names[0]].insert_one({"user_id": 4, "timestamp": float(T0 - 5), "passes": []})
     command_recorder.clear()
 
     found = monitored_cache_store.cache_timestamps([1, 3, 4, 99])
@@ -896,12 +895,12 @@ def test_unreachable_server_raises_store_error_without_the_password() -> None:
 
 def test_ensure_indexes_makes_user_id_unique_and_indexes_the_log(
     mongo_cache_store: MongoCacheStore,
-    store_mongo_db: Database[dict[str, Any]],
-    store_collections: tuple[str, str, str],
+    mongo_db: Database[dict[str, Any]],
+    collection_names: tuple[str, str, str],
 ) -> None:
     mongo_cache_store.ensure_indexes()  # idempotent
 
-    cache_indexes = store_mongo_db[store_collections[0]].index_information()
-    log_indexes = store_mongo_db[store_collections[1]].index_information()
+    cache_indexes = mongo_db[collection_names[0]].index_information()
+    log_indexes = mongo_db[collection_names[1]].index_information()
     assert any(spec["key"] == [("user_id", 1)] and spec.get("unique") for spec in cache_indexes.values())
     assert any(spec["key"] == [("user_id", 1), ("timestamp", 1)] for spec in log_indexes.values())

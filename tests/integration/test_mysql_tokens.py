@@ -3,33 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, TypeAlias
+from typing import Any
 
-import pymysql
 import pytest
 
 from bytemark_cache.adapters.mysql_tokens import MySqlTokenStore
 from bytemark_cache.errors import StoreError
+from tests.integration.conftest import MySqlConnection
 
 pytestmark = pytest.mark.integration
-pytest_plugins = ("tests.integration.store_fixtures",)
-
-Connection: TypeAlias = "pymysql.connections.Connection[Any]"
 
 
 @pytest.fixture
-def mysql_token_store(store_mysql_settings: dict[str, Any], store_mysql_db: str) -> Iterator[MySqlTokenStore]:
+def mysql_token_store(mysql_connect_args: dict[str, Any], mysql_database: str) -> Iterator[MySqlTokenStore]:
     """The store under test on the session's test database."""
-    store = MySqlTokenStore(
-        **store_mysql_settings, database=store_mysql_db, connect_timeout=5, read_timeout=10
-    )
+    store = MySqlTokenStore(**mysql_connect_args, database=mysql_database, connect_timeout=5, read_timeout=10)
     try:
         yield store
     finally:
         store.close()
 
 
-def insert_tokens(admin: Connection, rows: list[tuple[int, str | None]]) -> None:
+def insert_tokens(admin: MySqlConnection, rows: list[tuple[int, str | None]]) -> None:
     """Insert ``(user_id, token)`` rows."""
     with admin.cursor() as cursor:
         cursor.executemany(
@@ -38,7 +33,7 @@ def insert_tokens(admin: Connection, rows: list[tuple[int, str | None]]) -> None
         )
 
 
-def connection_ids(admin: Connection, database: str) -> set[int]:
+def connection_ids(admin: MySqlConnection, database: str) -> set[int]:
     """Ids of the server connections on ``database`` other than ``admin``'s own."""
     with admin.cursor() as cursor:
         cursor.execute(
@@ -49,9 +44,9 @@ def connection_ids(admin: Connection, database: str) -> set[int]:
 
 
 def test_token_for_returns_the_users_token(
-    mysql_token_store: MySqlTokenStore, store_mysql_admin: Connection
+    mysql_token_store: MySqlTokenStore, mysql_conn: MySqlConnection
 ) -> None:
-    insert_tokens(store_mysql_admin, [(7, "tok-7"), (8, "tok-8"), (9, "  tok-9\n")])
+    insert_tokens(mysql_conn, [(7, "tok-7"), (8, "tok-8"), (9, "  tok-9\n")])
 
     assert mysql_token_store.token_for(7) == "tok-7"
     assert mysql_token_store.token_for(8) == "tok-8"
@@ -60,16 +55,16 @@ def test_token_for_returns_the_users_token(
 
 @pytest.mark.parametrize("token", [None, "", "   "], ids=["null", "empty", "blank"])
 def test_token_for_is_none_without_a_usable_token(
-    mysql_token_store: MySqlTokenStore, store_mysql_admin: Connection, token: str | None
+    mysql_token_store: MySqlTokenStore, mysql_conn: MySqlConnection, token: str | None
 ) -> None:
-    insert_tokens(store_mysql_admin, [(11, token)])
+    insert_tokens(mysql_conn, [(11, token)])
 
     assert mysql_token_store.token_for(11) is None
     assert mysql_token_store.token_for(12) is None  # no row at all
 
 
 def test_users_with_token_pages_ascending_without_skips_or_duplicates(
-    mysql_token_store: MySqlTokenStore, store_mysql_admin: Connection
+    mysql_token_store: MySqlTokenStore, mysql_conn: MySqlConnection
 ) -> None:
     rows: list[tuple[int, str | None]] = []
     expected: list[int] = []
@@ -79,7 +74,7 @@ def test_users_with_token_pages_ascending_without_skips_or_duplicates(
         rows.append((user_id, token))
         if token:
             expected.append(user_id)
-    insert_tokens(store_mysql_admin, rows)
+    insert_tokens(mysql_conn, rows)
     expected.sort()
 
     pages = list(mysql_token_store.users_with_token(None, 10))
@@ -95,9 +90,9 @@ def test_users_with_token_pages_ascending_without_skips_or_duplicates(
 
 
 def test_users_with_token_ends_without_an_empty_page(
-    mysql_token_store: MySqlTokenStore, store_mysql_admin: Connection
+    mysql_token_store: MySqlTokenStore, mysql_conn: MySqlConnection
 ) -> None:
-    insert_tokens(store_mysql_admin, [(user_id, f"t{user_id}") for user_id in range(100, 120)])
+    insert_tokens(mysql_conn, [(user_id, f"t{user_id}") for user_id in range(100, 120)])
 
     assert list(mysql_token_store.users_with_token(None, 10)) == [
         list(range(100, 110)),
@@ -108,10 +103,10 @@ def test_users_with_token_ends_without_an_empty_page(
 
 
 def test_paging_uses_the_unique_user_id_index(
-    mysql_token_store: MySqlTokenStore, store_mysql_admin: Connection
+    mysql_token_store: MySqlTokenStore, mysql_conn: MySqlConnection
 ) -> None:
-    insert_tokens(store_mysql_admin, [(user_id, f"t{user_id}") for user_id in range(1, 300)])
-    with store_mysql_admin.cursor() as cursor:
+    insert_tokens(mysql_conn, [(user_id, f"t{user_id}") for user_id in range(1, 300)])
+    with mysql_conn.cursor() as cursor:
         cursor.execute("ANALYZE TABLE bytemark_tokens")
         cursor.fetchall()
         cursor.execute(
@@ -132,24 +127,24 @@ def test_paging_uses_the_unique_user_id_index(
 
 
 def test_store_reconnects_after_the_server_killed_its_connection(
-    mysql_token_store: MySqlTokenStore, store_mysql_admin: Connection, store_mysql_db: str
+    mysql_token_store: MySqlTokenStore, mysql_conn: MySqlConnection, mysql_database: str
 ) -> None:
-    insert_tokens(store_mysql_admin, [(21, "tok-21")])
-    others = connection_ids(store_mysql_admin, store_mysql_db)
+    insert_tokens(mysql_conn, [(21, "tok-21")])
+    others = connection_ids(mysql_conn, mysql_database)
     assert mysql_token_store.token_for(21) == "tok-21"  # opens the store's (lazy) connection
-    (store_connection,) = connection_ids(store_mysql_admin, store_mysql_db) - others
+    (store_connection,) = connection_ids(mysql_conn, mysql_database) - others
 
-    with store_mysql_admin.cursor() as cursor:
+    with mysql_conn.cursor() as cursor:
         cursor.execute("KILL CONNECTION %s", (store_connection,))
 
     assert mysql_token_store.token_for(21) == "tok-21"
     assert list(mysql_token_store.users_with_token(None, 5)) == [[21]]
-    (new_connection,) = connection_ids(store_mysql_admin, store_mysql_db) - others
+    (new_connection,) = connection_ids(mysql_conn, mysql_database) - others
     assert new_connection != store_connection
 
 
-def test_store_reopens_after_close(mysql_token_store: MySqlTokenStore, store_mysql_admin: Connection) -> None:
-    insert_tokens(store_mysql_admin, [(31, "tok-31")])
+def test_store_reopens_after_close(mysql_token_store: MySqlTokenStore, mysql_conn: MySqlConnection) -> None:
+    insert_tokens(mysql_conn, [(31, "tok-31")])
     assert mysql_token_store.token_for(31) == "tok-31"
 
     mysql_token_store.close()
@@ -159,10 +154,10 @@ def test_store_reopens_after_close(mysql_token_store: MySqlTokenStore, store_mys
 
 
 def test_wrong_password_is_a_store_error_without_the_password(
-    store_mysql_settings: dict[str, Any], store_mysql_db: str
+    mysql_connect_args: dict[str, Any], mysql_database: str
 ) -> None:
-    settings = {**store_mysql_settings, "password": "wrong-Pa55word-xyz"}
-    store = MySqlTokenStore(**settings, database=store_mysql_db, connect_timeout=3)
+    settings = {**mysql_connect_args, "password": "wrong-Pa55word-xyz"}
+    store = MySqlTokenStore(**settings, database=mysql_database, connect_timeout=3)
 
     with pytest.raises(StoreError) as caught:
         store.token_for(1)
@@ -172,8 +167,8 @@ def test_wrong_password_is_a_store_error_without_the_password(
     assert "1045" in str(caught.value)  # ER_ACCESS_DENIED_ERROR
 
 
-def test_unreachable_server_is_a_store_error(store_mysql_db: str) -> None:
-    store = MySqlTokenStore("127.0.0.1", 9, "nobody", "secret-pw-123", store_mysql_db, connect_timeout=2)
+def test_unreachable_server_is_a_store_error(mysql_database: str) -> None:
+    store = MySqlTokenStore("127.0.0.1", 9, "nobody", "secret-pw-123", mysql_database, connect_timeout=2)
 
     with pytest.raises(StoreError) as caught:
         list(store.users_with_token(None, 10))

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeAlias
 
-import pymysql
 import pytest
-from pymongo.database import Database
 
 from bytemark_cache.adapters.clock import SystemClock
 from bytemark_cache.bootstrap import Services, build_services
@@ -21,33 +19,27 @@ from bytemark_cache.domain.hashing import payload_hash
 from bytemark_cache.errors import NoBytemarkAccount, TokenRevoked, UpstreamError
 from bytemark_simulator import AdminClient, SimulatorServer
 from tests.fakes import FakeClock
-from tests.integration.store_fixtures import setting
+from tests.integration.conftest import MongoDatabase, MySqlConnection, QueuePair
 
 pytestmark = pytest.mark.integration
-pytest_plugins = ("tests.integration.store_fixtures",)
 
 USER = 42
 TOKEN = "tok-integration-42"
+SIMULATOR_NOW = "2024-06-15T04:30:00Z"
 
 
 @pytest.fixture(autouse=True)
-def aws_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def aws_environment(monkeypatch: pytest.MonkeyPatch, local_env: dict[str, str]) -> None:
     """What Lambda's runtime provides and boto3 reads: region and (dummy, for moto) credentials."""
     for name in ("AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(name, setting(name))
-
-
-@pytest.fixture(scope="module")
-def bytemark() -> Iterator[SimulatorServer]:
-    with SimulatorServer(port=0, seed=7, now="2024-06-15T04:30:00Z") as server:
-        yield server
+        monkeypatch.setenv(name, local_env[name])
 
 
 @pytest.fixture
-def admin(bytemark: SimulatorServer) -> AdminClient:
-    bytemark.admin.reset()
-    bytemark.admin.set_time("2024-06-15T04:30:00Z")
-    return bytemark.admin
+def admin(simulator: SimulatorServer) -> AdminClient:
+    """The reset simulator's admin client, its clock frozen at ``SIMULATOR_NOW``."""
+    simulator.admin.set_time(SIMULATOR_NOW)
+    return simulator.admin
 
 
 class Stack:
@@ -56,8 +48,8 @@ class Stack:
     def __init__(
         self,
         settings: Settings,
-        mysql: pymysql.connections.Connection[Any],
-        database: Database[dict[str, Any]],
+        mysql: MySqlConnection,
+        database: MongoDatabase,
         clock: FakeClock | SystemClock,
     ) -> None:
         self.settings = settings
@@ -85,62 +77,43 @@ class Stack:
         return list(self.database[self.settings.log_collection].find({"user_id": user_id}, {"_id": 0}))
 
 
-def make_stack(
-    bytemark: SimulatorServer,
-    store_mongo_db: Database[dict[str, Any]],
-    store_collections: tuple[str, str, str],
-    store_mysql_db: str,
-    store_mysql_admin: pymysql.connections.Connection[Any],
-    queue_url: str,
-    clock: FakeClock | SystemClock,
-    **env: str,
-) -> Stack:
-    cache, log, leases = store_collections
-    settings = Settings.from_env(
-        {
-            "MONGODB_URI": setting("MONGODB_URI"),
-            "MONGODB_DATABASE": store_mongo_db.name,
-            "CACHE_COLLECTION": cache,
-            "LOG_COLLECTION": log,
-            "LEASE_COLLECTION": leases,
-            "BACKFILL_RUN_COLLECTION": f"runs_{cache}",
-            "MYSQL_HOST": setting("MYSQL_HOST"),
-            "MYSQL_PORT": setting("MYSQL_PORT"),
-            "MYSQL_USER": setting("MYSQL_USER"),
-            "MYSQL_PASSWORD": setting("MYSQL_PASSWORD"),
-            "MYSQL_DATABASE": store_mysql_db,
-            "BYTEMARK_API_URL": bytemark.url,
-            "BYTEMARK_TIMEOUT_SECONDS": "2",
-            "BYTEMARK_PAGE_SIZE": "2",
-            "BYTEMARK_MAX_RETRIES": "1",
-            "UPDATE_QUEUE_URL": queue_url,
-            "AWS_ENDPOINT_URL": setting("AWS_ENDPOINT_URL"),
-            **env,
-        }
-    )
-    return Stack(settings, store_mysql_admin, store_mongo_db, clock)
+StackFactory: TypeAlias = Callable[..., Stack]
 
 
 @pytest.fixture
-def stack(
-    bytemark: SimulatorServer,
+def make_stack(
     admin: AdminClient,
-    store_mongo_db: Database[dict[str, Any]],
-    store_collections: tuple[str, str, str],
-    store_mysql_db: str,
-    store_mysql_admin: pymysql.connections.Connection[Any],
-    store_queue_url: str,
-) -> Stack:
-    stack = make_stack(
-        bytemark,
-        store_mongo_db,
-        store_collections,
-        store_mysql_db,
-        store_mysql_admin,
-        store_queue_url,
-        FakeClock(),
-        PASSES4_LIMIT="5",
-    )
+    integration_env: dict[str, str],
+    collection_names: tuple[str, str, str],
+    mysql_conn: MySqlConnection,
+    mongo_db: MongoDatabase,
+) -> StackFactory:
+    """``make_stack(clock, **env)``: a Stack on this test's resources, ``env`` overriding settings."""
+    cache, log, leases = collection_names
+
+    def make(clock: FakeClock | SystemClock, **env: str) -> Stack:
+        settings = Settings.from_env(
+            {
+                **integration_env,
+                "CACHE_COLLECTION": cache,
+                "LOG_COLLECTION": log,
+                "LEASE_COLLECTION": leases,
+                "BACKFILL_RUN_COLLECTION": f"runs_{cache}",
+                "BYTEMARK_TIMEOUT_SECONDS": "2",
+                "BYTEMARK_PAGE_SIZE": "2",
+                "BYTEMARK_MAX_RETRIES": "1",
+                **env,
+            }
+        )
+        return Stack(settings, mysql_conn, mongo_db, clock)
+
+    return make
+
+
+@pytest.fixture
+def stack(make_stack: StackFactory, admin: AdminClient) -> Stack:
+    """A Stack on a fake clock with user ``USER`` holding a token and seeded passes."""
+    stack = make_stack(FakeClock(), PASSES4_LIMIT="5")
     stack.set_token(USER, TOKEN)
     admin.seed_user(USER, TOKEN, current=4, expired=2, seed=3)
     return stack
@@ -378,27 +351,8 @@ def test_history_stays_bounded_over_many_syncs(stack: Stack, admin: AdminClient)
     assert len(document["passes4"]) == 5  # PASSES4_LIMIT
 
 
-def test_two_concurrent_syncs_make_one_upstream_fetch(
-    bytemark: SimulatorServer,
-    admin: AdminClient,
-    store_mongo_db: Database[dict[str, Any]],
-    store_collections: tuple[str, str, str],
-    store_mysql_db: str,
-    store_mysql_admin: pymysql.connections.Connection[Any],
-    store_queue_url: str,
-) -> None:
-    stacks = [
-        make_stack(
-            bytemark,
-            store_mongo_db,
-            store_collections,
-            store_mysql_db,
-            store_mysql_admin,
-            store_queue_url,
-            SystemClock(),
-        )
-        for i in range(2)
-    ]
+def test_two_concurrent_syncs_make_one_upstream_fetch(make_stack: StackFactory, admin: AdminClient) -> None:
+    stacks = [make_stack(SystemClock()) for i in range(2)]
     stacks[0].set_token(USER, TOKEN)
     admin.seed_user(USER, TOKEN, current=3, expired=1, seed=5)
     # The first fetch is held by the simulator, so the second sync surely arrives while it is in flight.
@@ -418,7 +372,7 @@ def test_two_concurrent_syncs_make_one_upstream_fetch(
 
 
 def test_backfill_resumes_from_its_cursor_without_skips_or_repeats(
-    stack: Stack, store_sqs_client: Any, store_queue_url: str
+    stack: Stack, sqs_client: Any, update_queue: QueuePair
 ) -> None:
     for user_id in range(1000, 1023):
         stack.set_token(user_id, f"tok-{user_id}")
@@ -434,14 +388,14 @@ def test_backfill_resumes_from_its_cursor_without_skips_or_repeats(
 
     bodies: list[dict[str, Any]] = []
     while True:
-        messages = store_sqs_client.receive_message(
-            QueueUrl=store_queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
+        messages = sqs_client.receive_message(
+            QueueUrl=update_queue.url, MaxNumberOfMessages=10, WaitTimeSeconds=0
         ).get("Messages", [])
         if not messages:
             break
         bodies.extend(json.loads(message["Body"]) for message in messages)
-        store_sqs_client.delete_message_batch(
-            QueueUrl=store_queue_url,
+        sqs_client.delete_message_batch(
+            QueueUrl=update_queue.url,
             Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
         )
     enqueued = sorted(body["user_id"] for body in bodies)

@@ -12,9 +12,9 @@ import pytest
 from bytemark_cache.adapters.sqs_queue import SqsUpdateQueue
 from bytemark_cache.domain.model import UpdateMessage
 from bytemark_cache.errors import StoreError
+from tests.integration.conftest import QueuePair
 
 pytestmark = pytest.mark.integration
-pytest_plugins = ("tests.integration.store_fixtures",)
 
 
 def messages(count: int) -> list[UpdateMessage]:
@@ -71,91 +71,89 @@ def no_sleep(_seconds: float) -> None:
 
 
 def test_25_messages_go_in_three_batches_and_arrive_exactly_once(
-    store_sqs_client: Any, store_queue_url: str
+    sqs_client: Any, update_queue: QueuePair
 ) -> None:
-    sender = SqsUpdateQueue(store_queue_url, client=store_sqs_client)
-    batches = record_batches(store_sqs_client)
+    sender = SqsUpdateQueue(update_queue.url, client=sqs_client)
+    batches = record_batches(sqs_client)
     sent = messages(25)
 
     sender.enqueue(sent)
 
     assert [len(batch) for batch in batches] == [10, 10, 5]
     assert len({entry_id for batch in batches for entry_id in batch}) == 25
-    received = receive_all(store_sqs_client, store_queue_url, 25)
+    received = receive_all(sqs_client, update_queue.url, 25)
     assert Counter(json.dumps(body, sort_keys=True) for body in received) == Counter(
         json.dumps(message.to_body(), sort_keys=True) for message in sent
     )
 
 
-def test_body_is_the_spec_message(store_sqs_client: Any, store_queue_url: str) -> None:
-    SqsUpdateQueue(store_queue_url, client=store_sqs_client).enqueue(
+def test_body_is_the_spec_message(sqs_client: Any, update_queue: QueuePair) -> None:
+    SqsUpdateQueue(update_queue.url, client=sqs_client).enqueue(
         [UpdateMessage(42, "purchase", "p-1"), UpdateMessage(43, "manual")]
     )
 
-    received = receive_all(store_sqs_client, store_queue_url, 2)
+    received = receive_all(sqs_client, update_queue.url, 2)
     assert sorted(received, key=lambda body: body["user_id"]) == [
         {"user_id": 42, "reason": "purchase", "pass_uuid": "p-1"},
         {"user_id": 43, "reason": "manual"},
     ]
 
 
-def test_only_failed_entries_are_sent_again(store_sqs_client: Any, store_queue_url: str) -> None:
-    sender = SqsUpdateQueue(store_queue_url, client=store_sqs_client, sleep=no_sleep)
-    reject_entries(store_sqs_client, {"m3", "m7", "m12"}, times=1)
-    batches = record_batches(store_sqs_client)
+def test_only_failed_entries_are_sent_again(sqs_client: Any, update_queue: QueuePair) -> None:
+    sender = SqsUpdateQueue(update_queue.url, client=sqs_client, sleep=no_sleep)
+    reject_entries(sqs_client, {"m3", "m7", "m12"}, times=1)
+    batches = record_batches(sqs_client)
     sent = messages(15)
 
     sender.enqueue(sent)
 
     # The first batch's call rejected m3 and m7, so they went again alone; m12's batch likewise.
     assert batches == [[f"m{i}" for i in range(10)], ["m3", "m7"], [f"m{i}" for i in range(10, 15)], ["m12"]]
-    received = receive_all(store_sqs_client, store_queue_url, 15)
+    received = receive_all(sqs_client, update_queue.url, 15)
     assert sorted(body["user_id"] for body in received) == [message.user_id for message in sent]
 
 
-def test_entries_that_never_go_are_counted_in_the_error(store_sqs_client: Any, store_queue_url: str) -> None:
-    sender = SqsUpdateQueue(store_queue_url, client=store_sqs_client, max_attempts=3, sleep=no_sleep)
-    reject_entries(store_sqs_client, {"m1", "m4"}, times=100)
-    batches = record_batches(store_sqs_client)
+def test_entries_that_never_go_are_counted_in_the_error(sqs_client: Any, update_queue: QueuePair) -> None:
+    sender = SqsUpdateQueue(update_queue.url, client=sqs_client, max_attempts=3, sleep=no_sleep)
+    reject_entries(sqs_client, {"m1", "m4"}, times=100)
+    batches = record_batches(sqs_client)
 
     with pytest.raises(StoreError, match=r"^2 of 6 update messages were not sent") as caught:
         sender.enqueue(messages(6))
 
     assert batches == [[f"m{i}" for i in range(6)], ["m1", "m4"], ["m1", "m4"]]
     assert "DelaySeconds" in str(caught.value)
-    received = receive_all(store_sqs_client, store_queue_url, 4)
+    received = receive_all(sqs_client, update_queue.url, 4)
     assert sorted(body["user_id"] for body in received) == [1000, 1002, 1003, 1005]
 
 
 def test_a_missing_queue_is_a_store_error_naming_every_message(
-    store_sqs_client: Any, store_queue_url: str
+    sqs_client: Any, update_queue: QueuePair
 ) -> None:
-    missing = store_queue_url.rsplit("/", 1)[0] + "/btc-no-such-queue"
-    sender = SqsUpdateQueue(missing, client=store_sqs_client, max_attempts=2, sleep=no_sleep)
+    missing = update_queue.url.rsplit("/", 1)[0] + "/btc-no-such-queue"
+    sender = SqsUpdateQueue(missing, client=sqs_client, max_attempts=2, sleep=no_sleep)
 
     with pytest.raises(StoreError, match=r"^12 of 12 update messages were not sent"):
         sender.enqueue(messages(12))
 
 
 def test_client_is_built_lazily_from_endpoint_and_region(
-    store_queue_url: str, store_sqs_client: Any, monkeypatch: pytest.MonkeyPatch
+    update_queue: QueuePair, sqs_client: Any, local_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.integration.store_fixtures import setting
-
     # In Lambda the credentials come from the execution role; here from the local dummy settings.
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(name, setting(name))
+        monkeypatch.setenv(name, local_env[name])
     sender = SqsUpdateQueue(
-        store_queue_url, endpoint_url=setting("AWS_ENDPOINT_URL"), region=setting("AWS_DEFAULT_REGION")
+        update_queue.url, endpoint_url=local_env["AWS_ENDPOINT_URL"], region=local_env["AWS_DEFAULT_REGION"]
     )
     sender.enqueue(messages(3))
 
-    assert len(receive_all(store_sqs_client, store_queue_url, 3)) == 3
+    assert len(receive_all(sqs_client, update_queue.url, 3)) == 3
 
 
-def test_nothing_to_send_makes_no_call(store_sqs_client: Any, store_queue_url: str) -> None:
-    batches = record_batches(store_sqs_client)
+def test_nothing_to_send_makes_no_call(sqs_client: Any, update_queue: QueuePair) -> None:
+    batches = record_batches(sqs_client)
 
-    SqsUpdateQueue(store_queue_url, client=store_sqs_client).enqueue([])
+    SqsUpdateQueue(update_queue.url, client=sqs_client).enqueue([])
 
     assert batches == []
