@@ -31,6 +31,7 @@ SAM_ENV := SAM_CLI_TELEMETRY=0 AWS_EC2_METADATA_DISABLED=true AWS_ACCESS_KEY_ID=
 
 # NODEPS=1 (used by scripts/test.sh, which runs the prerequisites as steps of their own) skips them.
 DEP_VENV := $(if $(NODEPS),,setup-venv)
+DEP_SETUP := $(if $(NODEPS),,setup)
 DEP_SAM := $(if $(NODEPS),,setup-sam)
 DEP_SERVICES := $(if $(NODEPS),,up-services)
 DEP_VALIDATE := $(if $(NODEPS),,validate)
@@ -86,7 +87,8 @@ validate: $(DEP_SAM)
 build: $(DEP_SAM) $(DEP_VALIDATE)
 	$(SAM_ENV) $(SAM) build --cached --parallel
 
-up: $(DEP_VENV) $(DEP_BUILD)
+# The local stack needs every tool (the emulator too), not only the venv.
+up: $(DEP_SETUP) $(DEP_BUILD)
 	$(PYTHON) local/stack.py up
 
 demo: up
