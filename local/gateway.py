@@ -77,34 +77,25 @@ class _QuietServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
 
-class LocalApiGateway:
-    """HTTP on ``host:port`` → proxy event → ``invoke`` → HTTP answer."""
+class _LocalHttpFront:
+    """A threaded loopback HTTP server whose GET/POST requests go to ``self._handle``."""
 
-    def __init__(
-        self, invoke: Invoke, host: str = "127.0.0.1", port: int = 3000, *, dev_identity: bool
-    ) -> None:
-        self._invoke = invoke
-        self._dev_identity = dev_identity
-        self._local_routes: list[tuple[str, str, Callable[[str], Any]]] = []
-        gateway = self
+    def __init__(self, host: str, port: int, name: str) -> None:
+        front = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 — http.server's naming
-                gateway._handle(self)
+                front._handle(self)
 
             def do_POST(self) -> None:  # noqa: N802
-                gateway._handle(self)
+                front._handle(self)
 
             def log_message(self, format: str, *args: Any) -> None:
-                log.info("%s %s", self.command, self.path.split("?")[0])
+                log.info("%s %s %s", name, self.command, self.path.split("?")[0])
 
         self._server = _QuietServer((host, port), Handler)
         self.url = f"http://{host}:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="api-gateway", daemon=True)
-
-    def add_local_route(self, method: str, prefix: str, action: Callable[[str], Any]) -> None:
-        """A local-only control route (e.g. fire a schedule); its JSON result is the answer."""
-        self._local_routes.append((method, prefix, action))
+        self._thread = threading.Thread(target=self._server.serve_forever, name=name, daemon=True)
 
     def start(self) -> None:
         """Serve in a background thread."""
@@ -114,6 +105,25 @@ class LocalApiGateway:
         """Stop serving."""
         self._server.shutdown()
         self._server.server_close()
+
+    def _handle(self, request: BaseHTTPRequestHandler) -> None:
+        raise NotImplementedError
+
+
+class LocalApiGateway(_LocalHttpFront):
+    """HTTP on ``host:port`` → proxy event → ``invoke`` → HTTP answer."""
+
+    def __init__(
+        self, invoke: Invoke, host: str = "127.0.0.1", port: int = 3000, *, dev_identity: bool
+    ) -> None:
+        self._invoke = invoke
+        self._dev_identity = dev_identity
+        self._local_routes: list[tuple[str, str, Callable[[str], Any]]] = []
+        super().__init__(host, port, "api-gateway")
+
+    def add_local_route(self, method: str, prefix: str, action: Callable[[str], Any]) -> None:
+        """A local-only control route (e.g. fire a schedule); its JSON result is the answer."""
+        self._local_routes.append((method, prefix, action))
 
     def _handle(self, request: BaseHTTPRequestHandler) -> None:
         if request.path == "/__local/health":
@@ -177,33 +187,13 @@ def _reply(request: BaseHTTPRequestHandler, status: int, headers: dict[str, str]
         request.wfile.write(body)
 
 
-class LocalLambdaApi:
+class LocalLambdaApi(_LocalHttpFront):
     """Lambda's ``Invoke`` API for named local functions: ``Event`` invocations run in the background."""
 
     def __init__(self, functions: dict[str, Invoke], host: str = "127.0.0.1", port: int = 0) -> None:
         self._functions = functions
         self.invocations: list[tuple[str, dict[str, Any]]] = []
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                api._handle(self)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                log.info("lambda api %s", self.path)
-
-        self._server = _QuietServer((host, port), Handler)
-        self.url = f"http://{host}:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="lambda-api", daemon=True)
-
-    def start(self) -> None:
-        """Serve in a background thread."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop serving."""
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(host, port, "lambda-api")
 
     def _handle(self, request: BaseHTTPRequestHandler) -> None:
         # /2015-03-31/functions/<name or ARN>/invocations
