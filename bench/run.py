@@ -29,6 +29,8 @@ from pymongo import monitoring
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "layers" / "shared"), str(ROOT / "local"), str(ROOT)]
 
+from local_env import local_settings  # noqa: E402
+
 from bytemark_cache.adapters.mongo_store import MongoCacheStore, connect  # noqa: E402
 from bytemark_cache.domain.hashing import payload_hash  # noqa: E402
 from bytemark_cache.domain.model import FetchedPasses  # noqa: E402
@@ -38,16 +40,6 @@ from bytemark_simulator import SimulatorServer  # noqa: E402
 PASSES = 100
 HISTORY = 20
 REPEATS = 15
-
-
-def local_env() -> dict[str, str]:
-    """local/defaults.env overlaid with the environment."""
-    env: dict[str, str] = {}
-    for line in (ROOT / "local" / "defaults.env").read_text().splitlines():
-        if line.strip() and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            env[key] = os.environ.get(key, value)
-    return env
 
 
 class Recorder(monitoring.CommandListener):
@@ -250,7 +242,7 @@ def bench_cold_imports() -> list[str]:
 
 
 def main() -> int:
-    env = local_env()
+    env = local_settings()
     fetched = realistic_passes()
     sections = [bench_writes(env, fetched), bench_hash(fetched), bench_check(env), bench_cold_imports()]
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

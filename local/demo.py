@@ -13,16 +13,15 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import boto3
 import pymongo
 import pymysql
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from stack import GATEWAY_PORT, load_env
+# Run as `python local/demo.py`: local/ is on the path, so the stack's modules import directly.
+from local_env import local_settings
+from stack import GATEWAY_PORT
 
 from bytemark_simulator import AdminClient
 
@@ -40,9 +39,11 @@ class Demo:
     """The demo's connections and its report."""
 
     def __init__(self) -> None:
-        self.env = load_env()
+        self.env = local_settings()
         self.bytemark = AdminClient(self.env["BYTEMARK_API_URL"])
-        self.mongo = pymongo.MongoClient(self.env["MONGODB_URI"], serverSelectionTimeoutMS=5000)
+        self.mongo: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+            self.env["MONGODB_URI"], serverSelectionTimeoutMS=5000
+        )
         self.cache = self.mongo[self.env["MONGODB_DATABASE"]][self.env["CACHE_COLLECTION"]]
         self.log = self.mongo[self.env["MONGODB_DATABASE"]][self.env["LOG_COLLECTION"]]
         self.mysql = pymysql.connect(

@@ -41,6 +41,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
+from local_env import local_settings
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BUILD_DIR = REPO_ROOT / ".aws-sam" / "build"
 DEFAULT_LAYER_ID = "SharedLayer"
@@ -130,20 +132,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         probe.bind((host, 0))
         port: int = probe.getsockname()[1]
         return port
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """``KEY=VALUE`` lines (``#`` comments and blank lines ignored), as in ``local/defaults.env``."""
-    values: dict[str, str] = {}
-    for number, raw in enumerate(path.read_text().splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, separator, value = line.partition("=")
-        if not separator or not key.strip():
-            raise ValueError(f"{path}:{number}: expected KEY=VALUE")
-        values[key.strip()] = value.strip()
-    return values
 
 
 def runtime_environment(
@@ -427,9 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=int, default=30, help="function timeout in seconds")
     args = parser.parse_args(argv)
 
-    settings = read_env_file(args.env_file)
-    # As everywhere in the local stack, an exported variable overrides the file's default.
-    settings.update({key: os.environ[key] for key in settings if key in os.environ})
+    settings = local_settings(args.env_file)
     function = BuiltFunction.from_build(args.function, args.build_dir)
     with LambdaEmulator(function, settings, timeout_seconds=args.timeout) as emulator:
         try:

@@ -25,6 +25,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from local_env import local_settings
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / ".local-data" / "stack"
 BUILD = ROOT / ".aws-sam" / "build"
@@ -39,17 +41,6 @@ GATEWAY_PORT = int(os.environ.get("LOCAL_GATEWAY_PORT", "3000"))
 LAMBDA_API_PORT = int(os.environ.get("LOCAL_LAMBDA_API_PORT", "3009"))
 
 log = logging.getLogger("local.stack")
-
-
-def load_env() -> dict[str, str]:
-    """``local/defaults.env`` overlaid with this process's environment (exported values win)."""
-    env: dict[str, str] = {}
-    for line in (ROOT / "local" / "defaults.env").read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            env[key] = os.environ.get(key, value)
-    return env
 
 
 def function_env(name: str, env: dict[str, str]) -> dict[str, str]:
@@ -124,7 +115,7 @@ def _stop(name: str) -> bool:
 
 def up() -> None:
     """Start everything (idempotent) and wait until the gateway answers."""
-    env = load_env()
+    env = local_settings()
     subprocess.run([str(ROOT / "local" / "services.sh"), "up"], check=True)
     for function, logical_id in FUNCTIONS.items():
         if not (BUILD / logical_id / "app.py").exists():
@@ -175,7 +166,7 @@ def down() -> None:
 
 def status() -> None:
     """Print what runs where."""
-    env = load_env()
+    env = local_settings()
     rows = [
         (
             "API gateway",
@@ -214,7 +205,7 @@ def serve() -> None:
     from sqs_poller import SqsPoller
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    env = load_env()
+    env = local_settings()
     # One emulator per function, like one warm execution environment each (invocations queue up).
     emulators = {
         name: LambdaEmulator(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from emulator import EmulatorError, find_rie
+from local_env import local_settings
 
 from bytemark_simulator import SimulatorServer
 
@@ -23,7 +24,6 @@ from .lambda_emulator import (
     TokenTable,
     ensure_update_queues,
     find_sam,
-    local_settings,
     missing_artifacts,
     run_sam_build,
     sqs_client,

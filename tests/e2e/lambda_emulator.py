@@ -29,7 +29,7 @@ import boto3
 import pymongo
 import pymysql
 import yaml
-from emulator import BuiltFunction, LambdaEmulator, read_env_file
+from emulator import BuiltFunction, LambdaEmulator
 from pymongo.collection import Collection
 
 from bytemark_cache.config import Settings
@@ -109,13 +109,6 @@ def function_config(function_id: str, build_dir: Path = BUILD_DIR) -> FunctionCo
         timeout_seconds=int(setting("Timeout", 3)),
         memory_mb=int(setting("MemorySize", 128)),
     )
-
-
-def local_settings() -> dict[str, str]:
-    """``local/defaults.env`` with exported variables winning, as everywhere in the local stack."""
-    settings = read_env_file(REPO_ROOT / "local" / "defaults.env")
-    settings.update({key: os.environ[key] for key in settings if key in os.environ})
-    return settings
 
 
 def unreachable_services(settings: Mapping[str, str]) -> list[str]:
