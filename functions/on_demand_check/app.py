@@ -6,6 +6,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -111,23 +112,26 @@ def _if_none_match() -> set[str]:
 @tracer.capture_method
 def get_tickets() -> Response[str]:
     """The caller's tickets: served from the cache within the TTL, else synced first."""
-    user_id = _caller_id()
-    logger.append_keys(user_id=user_id)
-    services: Services = app.context["services"]
-    started = time.perf_counter()
-    return _tickets_response(services.tickets.check_with_ttl(user_id), started)
+    return _answer_caller(lambda services, user_id: services.tickets.check_with_ttl(user_id))
 
 
 @app.post("/tickets/sync")
 @tracer.capture_method
 def sync_tickets() -> Response[str]:
     """A forced sync of the caller's tickets, rate-limited per user."""
+    return _answer_caller(
+        lambda services, user_id: services.tickets.forced_check(
+            user_id, services.settings.forced_sync_interval_seconds
+        )
+    )
+
+
+def _answer_caller(check: Callable[[Services, int], CheckResult]) -> Response[str]:
+    """Run ``check`` for the authenticated caller and answer with its tickets (timed for the metrics)."""
     user_id = _caller_id()
     logger.append_keys(user_id=user_id)
-    services: Services = app.context["services"]
     started = time.perf_counter()
-    result = services.tickets.forced_check(user_id, services.settings.forced_sync_interval_seconds)
-    return _tickets_response(result, started)
+    return _tickets_response(check(app.context["services"], user_id), started)
 
 
 @app.exception_handler(Unauthenticated)
