@@ -40,18 +40,9 @@ class RecordingSleep:
 SourceFactory = Callable[..., BytemarkHttpSource]
 
 
-@pytest.fixture(scope="module")
-def simulator() -> Iterator[SimulatorServer]:
-    server = SimulatorServer(host="127.0.0.1", port=0, seed=1).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def admin(simulator: SimulatorServer) -> AdminClient:
-    simulator.admin.reset()
+    """The admin client of the session's simulator (reset for this test by the ``simulator`` fixture)."""
     return simulator.admin
 
 
