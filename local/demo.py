@@ -181,7 +181,7 @@ class Demo:
 
     def backfill(self) -> None:
         missing = [uid for uid in (BOB, CAROL, DAN) if self.cache.count_documents({"user_id": uid}) == 0]
-        status, summary, _, took = self.call("POST", "/__local/schedule/missing", None)
+        status, summary, _, _took = self.call("POST", "/__local/schedule/missing", None)
         expect(status == 200, status, summary)
         self.wait_for(
             lambda: all(self.cache.count_documents({"user_id": uid}) == 1 for uid in missing),

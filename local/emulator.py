@@ -159,7 +159,7 @@ def runtime_environment(
         # No ~/.aws of the developer: credentials and endpoints come from ``settings`` only.
         "AWS_CONFIG_FILE": os.devnull,
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-        "AWS_EXECUTION_ENV": "AWS_Lambda_python3.11",
+        "AWS_EXECUTION_ENV": "AWS_Lambda_python3.13",
         # What `sam local` sets: Powertools then skips X-Ray (there is no daemon here).
         "AWS_SAM_LOCAL": "true",
         "AWS_LAMBDA_FUNCTION_NAME": function_name,

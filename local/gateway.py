@@ -84,10 +84,10 @@ class _LocalHttpFront:
         front = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 — http.server's naming
+            def do_GET(self) -> None:
                 front._handle(self)
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 front._handle(self)
 
             def log_message(self, format: str, *args: Any) -> None:

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Install what the local stack and the tests need; every step is a no-op when its tool is already there.
 #
-#   scripts/setup.sh [venv|sam|ferretdb|rie|mariadb ...]     (no argument: all of them)
+#   scripts/setup.sh [python|venv|sam|ferretdb|rie|mariadb ...]     (no argument: all of them)
 #
-#   venv      .venv       the application's test toolchain from requirements-dev.txt
-#   sam       .sam-venv   the AWS SAM CLI, kept apart because it pins its own boto3
+#   python    Python 3.13, the Lambda runtime's version (found on PATH or in pyenv; else pyenv/apt install)
+#   venv      .venv       the application's test toolchain from the lock requirements/dev.txt (hashed),
+#                         plus this project itself (editable: the `bytemark-cache` operator CLI)
+#   sam       .sam-venv   the AWS SAM CLI from requirements/sam.txt, apart because it pins its own boto3
 #   ferretdb  $BTC_CACHE_DIR/bin/ferretdb        MongoDB wire protocol on SQLite (built with Go)
 #   rie       $BTC_CACHE_DIR/bin/aws-lambda-rie  the Lambda runtime interface emulator (built with Go)
 #   mariadb   mariadbd + client from Debian's apt (needs root)
@@ -15,28 +17,34 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=../local/services/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../local/services/common.sh"
 
-ALL_COMPONENTS=(venv sam ferretdb rie mariadb)
+ALL_COMPONENTS=(python venv sam ferretdb rie mariadb)
 LOCK_DIR="$BTC_CACHE_DIR/locks"
 
 # --- checks: fast, side-effect free ---------------------------------------------------------------
 
-requirements_digest() {
-  # The venv is rebuilt when a requirements file or the interpreter changes.
+# lock_digest FILE...: a venv is rebuilt when its lock files, pyproject.toml or the interpreter change.
+lock_digest() {
   {
-    cat "$BTC_REPO_ROOT/requirements-dev.txt" "$BTC_REPO_ROOT/layers/shared/requirements.txt"
-    "$BTC_PYTHON" -c 'import sys; print(sys.version)' 2>/dev/null || true
+    cat "$@" "$BTC_REPO_ROOT/pyproject.toml"
+    "$(btc_find_python)" -c 'import sys; print(sys.version)' 2>/dev/null || true
   } | sha256sum | cut -d' ' -f1
+}
+
+DEV_LOCKS=("$BTC_REPO_ROOT/requirements/dev.txt" "$BTC_REPO_ROOT/layers/shared/requirements.txt")
+SAM_LOCKS=("$BTC_REPO_ROOT/requirements/sam.txt")
+
+check_python() {
+  btc_find_python >/dev/null
 }
 
 check_venv() {
   [[ -x "$BTC_VENV/bin/python" ]] && "$BTC_VENV/bin/python" -c 'pass' 2>/dev/null \
-    && [[ "$(cat "$BTC_VENV/.btc-requirements.sha256" 2>/dev/null)" == "$(requirements_digest)" ]]
+    && [[ "$(cat "$BTC_VENV/.btc-lock.sha256" 2>/dev/null)" == "$(lock_digest "${DEV_LOCKS[@]}")" ]]
 }
 
 check_sam() {
-  [[ -x "$BTC_SAM_VENV/bin/sam" ]] \
-    && [[ "$(cat "$BTC_SAM_VENV/.btc-sam-version" 2>/dev/null)" == "$BTC_SAM_CLI_VERSION" ]] \
-    && "$BTC_SAM_VENV/bin/python" -c 'pass' 2>/dev/null
+  [[ -x "$BTC_SAM_VENV/bin/sam" ]] && "$BTC_SAM_VENV/bin/python" -c 'pass' 2>/dev/null \
+    && [[ "$(cat "$BTC_SAM_VENV/.btc-lock.sha256" 2>/dev/null)" == "$(lock_digest "${SAM_LOCKS[@]}")" ]]
 }
 
 check_ferretdb() {
@@ -68,37 +76,52 @@ check_mariadb() {
 
 # --- installers: run in the background, output to their log -------------------------------------
 
-require_python() {
-  command -v "$BTC_PYTHON" >/dev/null 2>&1 \
-    || btc_die "$BTC_PYTHON not found: install Python 3.11 (or set BTC_PYTHON to a 3.11 interpreter)"
-  "$BTC_PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' \
-    || btc_die "$BTC_PYTHON is not Python 3.11 (the Lambda runtime); set BTC_PYTHON"
-  "$BTC_PYTHON" -c 'import ensurepip, venv' 2>/dev/null \
-    || btc_die "$BTC_PYTHON lacks venv/ensurepip: apt-get install -y python3-venv"
+install_python() {
+  local latest
+  if command -v pyenv >/dev/null 2>&1; then
+    latest="$(pyenv install --list | sed -n "s/^[[:space:]]*\($BTC_PYTHON_VERSION\.[0-9][0-9]*\)$/\1/p" | tail -n 1)"
+    [[ -n "$latest" ]] || btc_die "pyenv knows no Python $BTC_PYTHON_VERSION release (update pyenv)"
+    pyenv install --skip-existing "$latest"
+  elif command -v apt-get >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]] \
+    && apt-cache show "python$BTC_PYTHON_VERSION-venv" >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y "python$BTC_PYTHON_VERSION" "python$BTC_PYTHON_VERSION-venv"
+  else
+    btc_die "Python $BTC_PYTHON_VERSION not found and neither pyenv nor apt can install it here;" \
+      "install it, or set BTC_PYTHON=/path/to/python$BTC_PYTHON_VERSION"
+  fi
 }
 
+require_python() {
+  btc_find_python >/dev/null \
+    || btc_die "Python $BTC_PYTHON_VERSION (the Lambda runtime) not found: run scripts/setup.sh python," \
+      "or set BTC_PYTHON=/path/to/python$BTC_PYTHON_VERSION"
+}
+
+# make_venv DIR: a fresh virtual environment on the runtime's Python (an existing one is replaced: a venv
+# built by another interpreter or from another lock must not linger half-updated).
 make_venv() {
   local dir="$1"
-  if [[ ! -x "$dir/bin/python" ]] || ! "$dir/bin/python" -c 'pass' 2>/dev/null; then
-    rm -rf "$dir"
-    "$BTC_PYTHON" -m venv "$dir"
-  fi
+  rm -rf "$dir"
+  "$(btc_find_python)" -m venv "$dir"
   "$dir/bin/python" -m pip install --quiet --upgrade pip
 }
 
 install_venv() {
   require_python
   make_venv "$BTC_VENV"
-  "$BTC_VENV/bin/pip" install -r "$BTC_REPO_ROOT/requirements-dev.txt"
-  requirements_digest >"$BTC_VENV/.btc-requirements.sha256"
+  # --require-hashes: exactly the locked files, nothing resolved afresh. The project itself is installed
+  # editable without dependencies (they all came from the lock), with the locked setuptools.
+  "$BTC_VENV/bin/pip" install --require-hashes --no-deps -r "$BTC_REPO_ROOT/requirements/dev.txt"
+  "$BTC_VENV/bin/pip" install --no-deps --no-build-isolation --editable "$BTC_REPO_ROOT"
+  lock_digest "${DEV_LOCKS[@]}" >"$BTC_VENV/.btc-lock.sha256"
 }
 
 install_sam() {
   require_python
   make_venv "$BTC_SAM_VENV"
-  "$BTC_SAM_VENV/bin/pip" install "aws-sam-cli==$BTC_SAM_CLI_VERSION"
+  "$BTC_SAM_VENV/bin/pip" install --require-hashes --no-deps -r "$BTC_REPO_ROOT/requirements/sam.txt"
   SAM_CLI_TELEMETRY=0 "$BTC_SAM_VENV/bin/sam" --version
-  printf '%s\n' "$BTC_SAM_CLI_VERSION" >"$BTC_SAM_VENV/.btc-sam-version"
+  lock_digest "${SAM_LOCKS[@]}" >"$BTC_SAM_VENV/.btc-lock.sha256"
 }
 
 require_go() {
@@ -152,7 +175,7 @@ install_mariadb() {
 run_install() {
   local name="$1" lock
   case "$name" in
-    ferretdb | rie | mariadb) lock="$LOCK_DIR/$name.lock" ;; # machine-wide tools
+    python | ferretdb | rie | mariadb) lock="$LOCK_DIR/$name.lock" ;; # machine-wide tools
     *) lock="$LOCK_DIR/$name-$(printf '%s' "$BTC_REPO_ROOT" | sha256sum | cut -c1-12).lock" ;;
   esac
   mkdir -p "$LOCK_DIR"
@@ -169,6 +192,16 @@ run_install() {
 main() {
   local components=("$@") name pending=() pids=() failed=0 started=$SECONDS
   ((${#components[@]})) || components=("${ALL_COMPONENTS[@]}")
+  # The virtual environments are made with the runtime's Python: find (or install) it first, alone.
+  if [[ " ${components[*]} " =~ " "(venv|sam)" " && ! " ${components[*]} " == *" python "* ]]; then
+    components=(python "${components[@]}")
+  fi
+  if [[ " ${components[*]} " == *" python "* ]] && ! check_python; then
+    btc_say "installing python $BTC_PYTHON_VERSION (log: $BTC_LOG_DIR/setup-python.log)"
+    mkdir -p "$BTC_LOG_DIR"
+    run_install python >"$BTC_LOG_DIR/setup-python.log" 2>&1 \
+      || { btc_err "python: installation failed"; btc_tail_log "$BTC_LOG_DIR/setup-python.log" 40; return 1; }
+  fi
   for name in "${components[@]}"; do
     case " ${ALL_COMPONENTS[*]} " in
       *" $name "*) ;;

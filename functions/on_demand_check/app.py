@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
@@ -29,7 +29,6 @@ from bytemark_cache.errors import (
 from bytemark_cache.services import CheckResult
 
 logger = Logger()
-tracer = Tracer()
 # Namespace from POWERTOOLS_METRICS_NAMESPACE (set in template Globals); the default keeps local runs valid.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "BytemarkTicketCache"))
 app = APIGatewayRestResolver()
@@ -109,14 +108,12 @@ def _if_none_match() -> set[str]:
 
 
 @app.get("/tickets")
-@tracer.capture_method
 def get_tickets() -> Response[str]:
     """The caller's tickets: served from the cache within the TTL, else synced first."""
     return _answer_caller(lambda services, user_id: services.tickets.check_with_ttl(user_id))
 
 
 @app.post("/tickets/sync")
-@tracer.capture_method
 def sync_tickets() -> Response[str]:
     """A forced sync of the caller's tickets, rate-limited per user."""
     return _answer_caller(
@@ -197,7 +194,6 @@ def _not_found(_exc: Exception) -> Response[str]:
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
-@tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(
     event: dict[str, Any], context: LambdaContext, services: Services | None = None

@@ -6,7 +6,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
@@ -18,7 +18,6 @@ from bytemark_cache.domain.messages import parse_update_message
 from bytemark_cache.errors import InvalidInput, NoBytemarkAccount, TokenRevoked
 
 logger = Logger()
-tracer = Tracer()
 # Namespace from POWERTOOLS_METRICS_NAMESPACE (set in template Globals); the default keeps local runs valid.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "BytemarkTicketCache"))
 
@@ -93,7 +92,6 @@ def _acknowledge(exc: TokenRevoked | NoBytemarkAccount, log_keys: dict[str, obje
 
 
 @logger.inject_lambda_context(clear_state=True)
-@tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(
     event: dict[str, Any], context: LambdaContext, services: Services | None = None

@@ -21,10 +21,35 @@ export BTC_CACHE_DIR
 BTC_FERRETDB_VERSION="v1.24.2"
 BTC_RIE_MODULE="github.com/aws/aws-lambda-runtime-interface-emulator"
 BTC_RIE_VERSION="v0.0.0-20261030222936-bef5c4ba774d"
-BTC_SAM_CLI_VERSION="1.170.0"
 
-# The interpreter for the virtual environments (the Lambda runtime is python3.11).
-BTC_PYTHON="${BTC_PYTHON:-python3.11}"
+# The Lambda runtime's Python: the virtual environments, `sam build` and the emulator all use it.
+BTC_PYTHON_VERSION="3.13"
+# An explicit interpreter (BTC_PYTHON=/path/to/python3.13) wins; otherwise btc_find_python looks for one.
+BTC_PYTHON="${BTC_PYTHON:-}"
+
+# btc_find_python: print the path of a Python $BTC_PYTHON_VERSION interpreter (BTC_PYTHON, python3.13 on
+# PATH, then pyenv's versions), or fail quietly. Fast and side-effect free.
+btc_find_python() {
+  local candidate root
+  local candidates=()
+  [[ -n "$BTC_PYTHON" ]] && candidates+=("$BTC_PYTHON")
+  candidates+=("$(command -v "python$BTC_PYTHON_VERSION" 2>/dev/null || true)")
+  root="${PYENV_ROOT:-$HOME/.pyenv}"
+  if command -v pyenv >/dev/null 2>&1; then
+    root="$(pyenv root 2>/dev/null || printf '%s' "$root")"
+  fi
+  for candidate in "$root"/versions/"$BTC_PYTHON_VERSION".*/bin/python"$BTC_PYTHON_VERSION"; do
+    candidates+=("$candidate")
+  done
+  for candidate in "${candidates[@]}"; do
+    [[ -n "$candidate" && -x "$candidate" ]] || continue
+    if "$candidate" -c "import sys, ensurepip, venv; sys.exit(sys.version_info[:2] != tuple(map(int, '$BTC_PYTHON_VERSION'.split('.'))))" 2>/dev/null; then
+      printf '%s\n' "$candidate"
+      return 0
+    fi
+  done
+  return 1
+}
 
 if [[ -t 2 && -z "${NO_COLOR:-}" ]]; then
   _btc_red=$'\e[31m' _btc_green=$'\e[32m' _btc_yellow=$'\e[33m' _btc_bold=$'\e[1m' _btc_reset=$'\e[0m'

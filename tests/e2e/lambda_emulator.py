@@ -253,7 +253,6 @@ class TokenTable:
         """Insert or replace many ``(user_id, token)`` rows in one statement."""
         if not rows:
             return
-        self._connection.ping(reconnect=True)
         with self._connection.cursor() as cursor:
             cursor.executemany(
                 "INSERT INTO bytemark_tokens (user_id, email, token, status) VALUES (%s, %s, %s, 'active')"
@@ -277,7 +276,6 @@ class TokenTable:
         self._connection.close()
 
     def _execute(self, sql: str, args: Sequence[Any] | None = None) -> None:
-        self._connection.ping(reconnect=True)
         with self._connection.cursor() as cursor:
             cursor.execute(sql, args)
 

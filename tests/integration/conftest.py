@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TypeAlias
+from typing import Any, NoReturn
 
 import boto3
 import bson
@@ -44,10 +44,10 @@ from bytemark_simulator import SimulatorServer
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "local" / "migrations"
 SERVER_TIMEOUT_MS = 3000
 
-MongoDatabase: TypeAlias = "Database[dict[str, Any]]"
-MySqlConnection: TypeAlias = "pymysql.connections.Connection[Any]"
-SeedToken: TypeAlias = Callable[..., None]
-RecordedCommand: TypeAlias = tuple[str, dict[str, Any], int]
+type MongoDatabase = "Database[dict[str, Any]]"
+type MySqlConnection = "pymysql.connections.Connection[Any]"
+type SeedToken = Callable[..., None]
+type RecordedCommand = tuple[str, dict[str, Any], int]
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""``python -m bytemark_cache`` as a real subprocess: help without configuration, and configuration errors.
+"""The installed ``bytemark-cache`` console script as a subprocess: help without configuration, config errors.
 
 These need no server: they check the entry point, the lazy wiring and the exit codes a shell script sees.
 """
@@ -18,16 +18,16 @@ REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_SECONDS = 60
 
 
+# The console script pyproject.toml declares, installed into the venv by scripts/setup.sh.
+CONSOLE_SCRIPT = Path(sys.executable).parent / "bytemark-cache"
+
+
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """Run the CLI with exactly ``env`` (plus PATH and the layer on PYTHONPATH)."""
+    """Run the CLI with exactly ``env`` plus PATH: no PYTHONPATH, the installed script must suffice."""
     return subprocess.run(
-        [sys.executable, "-m", "bytemark_cache", *args],
+        [str(CONSOLE_SCRIPT), *args],
         cwd=REPO,
-        env={
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "PYTHONPATH": str(REPO / "layers/shared"),
-            **env,
-        },
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
         capture_output=True,
         text=True,
         timeout=TIMEOUT_SECONDS,
@@ -59,7 +59,7 @@ def test_missing_settings_exit_5_naming_every_one() -> None:
     assert result.stdout == ""
     assert "Traceback" not in result.stderr
     lines = result.stderr.splitlines()
-    assert all(line.startswith("bytemark_cache: error: configuration error: ") for line in lines), lines
+    assert all(line.startswith("bytemark-cache: error: configuration error: ") for line in lines), lines
     for name in ("MONGODB_URI", "MYSQL_HOST", "MYSQL_USER", "BYTEMARK_API_URL", "BYTEMARK_PAGE_SIZE"):
         assert any(name in line for line in lines), name
     assert "not-shown" not in result.stderr

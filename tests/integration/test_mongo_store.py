@@ -180,7 +180,7 @@ def test_noop_sync_sends_one_small_update_and_no_log(
     )
 
     sent = command_recorder.named("update", "insert", "delete", "findAndModify", "find")
-    cache_name, log_name, lease_name = collection_names
+    cache_name, _log_name, lease_name = collection_names
     # Claim the revision, update the cache document, release the claim; nothing for the log.
     assert [(name, command[name]) for name, command, _ in sent] == [
         ("insert", lease_name),

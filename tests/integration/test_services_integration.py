@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
-from typing import Any, TypeAlias
+from typing import Any
 
 import pytest
 
@@ -77,7 +77,7 @@ class Stack:
         return list(self.database[self.settings.log_collection].find({"user_id": user_id}, {"_id": 0}))
 
 
-StackFactory: TypeAlias = Callable[..., Stack]
+type StackFactory = Callable[..., Stack]
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from bytemark_cache.bootstrap import Services, build_services
-from bytemark_cache.cli import describe_error, main
 from bytemark_cache.domain.model import CacheDocument, UpdateMessage
 from bytemark_cache.errors import (
     BytemarkCacheError,
@@ -23,6 +22,7 @@ from bytemark_cache.errors import (
     TokenRevoked,
     UpstreamError,
 )
+from bytemark_cache_ops.cli import describe_error, main
 from tests.fakes import FakeWorld, InMemoryCacheStore, InMemoryUpdateQueue, make_pass
 
 pytestmark = pytest.mark.disable_socket
@@ -99,7 +99,7 @@ def built(world: FakeWorld, user_id: int = 42) -> FakeWorld:
 def assert_one_error_line(result: Run, *fragments: str) -> None:
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("bytemark_cache: error: ")
+    assert lines[0].startswith("bytemark-cache: error: ")
     for fragment in fragments:
         assert fragment in lines[0]
     assert "Traceback" not in result.stderr
@@ -553,7 +553,7 @@ def test_configuration_error_exits_5_naming_every_problem(monkeypatch: pytest.Mo
     assert result.code == 5
     assert result.stdout == ""
     lines = result.stderr.splitlines()
-    assert all(line.startswith("bytemark_cache: error: configuration error: ") for line in lines)
+    assert all(line.startswith("bytemark-cache: error: configuration error: ") for line in lines)
     for name in ("MONGODB_URI", "MYSQL_HOST", "BYTEMARK_API_URL", "CACHE_TTL_SECONDS"):
         assert sum(name in line for line in lines) == 1, name
     assert "Traceback" not in result.stderr

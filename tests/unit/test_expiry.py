@@ -63,7 +63,7 @@ def test_day_pass_expiration_other_time_zone() -> None:
 
 @pytest.mark.parametrize("bad", ["", "not a time"])
 def test_day_pass_expiration_rejects_unusable_text(bad: str) -> None:
-    with pytest.raises(ValueError, match="first_use is empty|ISO-8601"):
+    with pytest.raises(ValueError, match=r"first_use is empty|ISO-8601"):
         day_pass_expiration(bad)
 
 

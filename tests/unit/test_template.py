@@ -205,7 +205,7 @@ def test_every_function_and_the_layer_share_one_architecture(template: dict[str,
 def test_the_shared_layer_is_built_by_sam_from_an_unnested_package(template: dict[str, Any]) -> None:
     layer = template["Resources"]["SharedLayer"]
     runtime = template["Globals"]["Function"]["Runtime"]
-    assert layer["Metadata"]["BuildMethod"] == runtime == "python3.11"
+    assert layer["Metadata"]["BuildMethod"] == runtime == "python3.13"
     assert runtime in layer["Properties"]["CompatibleRuntimes"]
     source = ROOT / layer["Properties"]["ContentUri"]
     assert (source / "requirements.txt").is_file()
@@ -218,7 +218,7 @@ def test_every_function_runs_with_the_shared_layer(template: dict[str, Any]) -> 
     for name, function in functions(template).items():
         layers = function_setting(template, function, "Layers") or []
         assert {"Ref": "SharedLayer"} in layers, f"{name} does not use SharedLayer"
-        assert function_setting(template, function, "Runtime") == "python3.11", name
+        assert function_setting(template, function, "Runtime") == "python3.13", name
 
 
 def test_every_handler_file_exists_and_defines_its_handler(template: dict[str, Any]) -> None:
@@ -404,9 +404,9 @@ def test_every_api_route_requires_the_authorizer(template: dict[str, Any]) -> No
             # An event without RestApiId lands on SAM's implicit API, which has no authorizer.
             assert api_id in apis, f"{name}.{event_name} is not on an explicit API"
             assert (properties.get("Auth") or {}).get("Authorizer") != "NONE", f"{name}.{event_name}"
-            assert _operation_is_authorized(
-                apis[api_id], properties["Path"], properties["Method"]
-            ), f"{name}.{event_name}: {properties['Method']} {properties['Path']} has no authorizer"
+            assert _operation_is_authorized(apis[api_id], properties["Path"], properties["Method"]), (
+                f"{name}.{event_name}: {properties['Method']} {properties['Path']} has no authorizer"
+            )
             routes.add((properties["Method"].upper(), properties["Path"]))
     assert routes == {("GET", "/tickets"), ("POST", "/tickets/sync")}
     for api_name, api in apis.items():
@@ -533,9 +533,9 @@ def test_samconfig_environment_is_complete(
     assert isinstance(deploy["confirm_changeset"], bool)
     overrides = _overrides(deploy["parameter_overrides"])
     parameters = template["Parameters"]
-    assert set(overrides) <= set(
-        parameters
-    ), f"unknown parameters: {sorted(set(overrides) - set(parameters))}"
+    assert set(overrides) <= set(parameters), (
+        f"unknown parameters: {sorted(set(overrides) - set(parameters))}"
+    )
     required = {name for name, spec in parameters.items() if "Default" not in spec}
     assert required <= set(overrides), f"{env} would deploy without {sorted(required - set(overrides))}"
     for name, value in overrides.items():

@@ -1,7 +1,7 @@
 """MySqlTokenStore: users' Bytemark OAuth tokens from the portal's ``bytemark_tokens`` table (SPEC §3).
 
-One lazily opened pymysql connection per instance (one per Lambda execution environment), pinged with
-reconnect before each use because a frozen sandbox finds its connection closed by the server's
+One lazily opened pymysql connection per instance (one per Lambda execution environment), pinged
+before each use and replaced when dead, because a frozen sandbox finds its connection closed by the server's
 ``wait_timeout``. pymysql connections are not thread-safe, so queries are serialised with a lock: the
 records of one SQS batch sync on a thread pool and each reads one short row.
 """
@@ -127,6 +127,13 @@ class MySqlTokenStore:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _connect(self) -> Connection[pymysql.cursors.Cursor]:
+        if self._connection is not None:
+            try:
+                # A frozen sandbox finds its connection closed by the server's wait_timeout: a cheap ping
+                # tells, and a dead connection is replaced (PyMySQL 1.2 deprecates ping(reconnect=True)).
+                self._connection.ping()
+            except pymysql.MySQLError:
+                self.close()
         if self._connection is None:
             self._connection = pymysql.connect(
                 host=self._host,
@@ -140,9 +147,6 @@ class MySqlTokenStore:
                 autocommit=True,
                 charset="utf8mb4",
             )
-        else:
-            # Reopens a connection the server closed while the sandbox was frozen.
-            self._connection.ping(reconnect=True)
         return self._connection
 
     def _store_error(self, exc: pymysql.MySQLError) -> StoreError:

@@ -1,4 +1,4 @@
-"""The operator CLI: ``python -m bytemark_cache show|sync|log|backfill`` (stdlib argparse only).
+"""The operator CLI: ``bytemark-cache show|sync|log|backfill`` (stdlib argparse only).
 
 Output is for humans on a terminal; ``--json`` prints one JSON document for machines instead. Only
 identifiers, statuses, labels, times and hashes are ever shown: tokens, e-mail addresses and the other
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from bytemark_cache.bootstrap import Services
     from bytemark_cache.services import BackfillResult
 
-PROG: Final = "python -m bytemark_cache"
+PROG: Final = "bytemark-cache"
 
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1

@@ -1,11 +1,11 @@
-"""``python -m bytemark_cache``: the operator CLI (see ``bytemark_cache.cli``)."""
+"""``bytemark-cache`` (or ``python -m bytemark_cache_ops``): the operator CLI (see ``cli``)."""
 
 from __future__ import annotations
 
 import os
 import sys
 
-from bytemark_cache.cli import main
+from bytemark_cache_ops.cli import main
 
 
 def run() -> None:
