@@ -1,7 +1,9 @@
 """Command line: ``python -m bytemark_simulator --host 127.0.0.1 --port 8917 --seed 1 [--user 42:TOKEN]``.
 
 The first line on stdout is the bound base URL (useful with ``--port 0``); one log line per request goes
-to stderr, never with a token. SIGTERM and SIGINT stop it cleanly.
+to stderr, never with a token. SIGTERM and SIGINT stop it cleanly. ``--envelope-style`` and
+``--compress-answers`` set the server-wide envelope variant and gzip switch (the admin API can change
+both, per user too); faults are injected through ``POST /__admin/faults`` (see ``--list-faults``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import threading
 from types import FrameType
 
 from .server import SimulatorServer
+from .state import ENVELOPE_STYLES, FAULT_HELP, FAULT_VARIANTS
 
 
 def _user_spec(text: str) -> tuple[int, str]:
@@ -42,12 +45,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--current", type=int, default=3, help="current passes per pre-seeded user")
     parser.add_argument("--expired", type=int, default=2, help="expired passes per pre-seeded user")
     parser.add_argument("--quiet", action="store_true", help="no per-request log lines")
+    parser.add_argument(
+        "--envelope-style",
+        choices=ENVELOPE_STYLES,
+        default="spec",
+        help="server-wide page envelope variant (default spec)",
+    )
+    parser.add_argument(
+        "--compress-answers",
+        action="store_true",
+        help="gzip normal pages for clients sending Accept-Encoding: gzip",
+    )
+    parser.add_argument("--list-faults", action="store_true", help="print the fault kinds and exit")
     return parser.parse_args(argv)
+
+
+def fault_listing() -> str:
+    """One line per fault kind: what it does and its variants."""
+    lines = []
+    for kind, help_text in FAULT_HELP.items():
+        variants = FAULT_VARIANTS.get(kind)
+        suffix = f" [{', '.join(variants)}]" if variants else ""
+        lines.append(f"{kind:<24}{help_text}{suffix}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run until SIGTERM/SIGINT."""
     args = parse_args(argv)
+    if args.list_faults:
+        print(fault_listing())
+        return 0
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         stream=sys.stderr,
@@ -62,7 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, request_stop)
 
     server = SimulatorServer(
-        host=args.host, port=args.port, seed=args.seed, timezone=args.timezone, now=args.now
+        host=args.host,
+        port=args.port,
+        seed=args.seed,
+        timezone=args.timezone,
+        now=args.now,
+        envelope_style=args.envelope_style,
+        compress_answers=args.compress_answers,
     )
     try:
         server.start()

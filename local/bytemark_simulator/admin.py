@@ -1,6 +1,21 @@
 """``AdminClient``: the Python face of the simulator's ``/__admin/`` JSON API (standard library only).
 
 Works against an in-process ``SimulatorServer`` and against ``python -m bytemark_simulator`` alike.
+
+The routes (JSON bodies; every one answers loopback clients only):
+
+- ``GET /health``, ``POST /reset``, ``GET|POST /time`` ``{"now": iso|null, "frozen": true}``
+- ``GET|PATCH /options`` ``{"envelope_style": "spec"|"next_only"|"absolute_next"|"page_count_pages"|
+  "short_page", "compress_answers": bool}``: server-wide, back to the start setting on reset
+- ``POST /users`` ``{"user_id", "token", "current", "expired", "seed", "empty_pagination_style",
+  "envelope_style", "compress_answers"}``; ``GET|PATCH /users/<id>`` (PATCH sets the keys given;
+  ``envelope_style`` / ``compress_answers`` null = follow the server-wide option)
+- ``GET|PUT /users/<id>/passes``, ``POST /users/<id>/purchase|revoke|token``,
+  ``POST /users/<id>/passes/<uuid>/activate|expire``, ``DELETE /users/<id>/passes/<uuid>``
+- ``GET|POST|DELETE /faults``: POST ``{"kind", "user_id", "endpoint", "count", "rate", "latency_ms",
+  "retry_after", "variant", "drip_bytes", "drip_interval_ms", "inflated_bytes", "body_bytes",
+  "pass_count"}`` (``state.FAULT_HELP`` says what each kind does and reads)
+- ``GET /requests``: request counters by endpoint and user
 """
 
 from __future__ import annotations
@@ -72,8 +87,13 @@ class AdminClient:
         seed: int | None = None,
         *,
         empty_pagination_style: str = "null",
+        envelope_style: str | None = None,
+        compress_answers: bool | None = None,
     ) -> dict[str, Any]:
-        """Create (or replace) a user; returns ``{"user_id", "token", "current": [..], "expired": [..]}``."""
+        """Create (or replace) a user; returns ``{"user_id", "token", "current": [..], "expired": [..]}``.
+
+        ``envelope_style`` / ``compress_answers`` None follow the server-wide options (``set_envelope``).
+        """
         body = {
             "user_id": user_id,
             "token": token,
@@ -81,6 +101,8 @@ class AdminClient:
             "expired": expired,
             "seed": seed,
             "empty_pagination_style": empty_pagination_style,
+            "envelope_style": envelope_style,
+            "compress_answers": compress_answers,
         }
         return cast(dict[str, Any], self._call("POST", "/users", body))
 
@@ -88,9 +110,56 @@ class AdminClient:
         """A user's settings and list sizes (never the token)."""
         return cast(dict[str, Any], self._call("GET", f"/users/{int(user_id)}"))
 
-    def set_user_options(self, user_id: int, *, empty_pagination_style: str | None = None) -> dict[str, Any]:
-        """Change per-user options such as ``empty_pagination_style`` ("null" or "object")."""
-        body = {"empty_pagination_style": empty_pagination_style}
+    def set_user_options(
+        self,
+        user_id: int,
+        *,
+        empty_pagination_style: str | None = None,
+        envelope_style: str | None = None,
+        compress_answers: bool | None = None,
+    ) -> dict[str, Any]:
+        """Change per-user options; None leaves one unchanged (``set_envelope(None, user_id=…)`` un-sets).
+
+        ``empty_pagination_style`` is "null" or "object" (``"pagination": {}`` on a single page);
+        ``envelope_style`` and ``compress_answers`` as in ``set_envelope`` / ``set_compression``.
+        """
+        body = {
+            "empty_pagination_style": empty_pagination_style,
+            "envelope_style": envelope_style,
+            "compress_answers": compress_answers,
+        }
+        changes = {name: value for name, value in body.items() if value is not None}
+        return cast(dict[str, Any], self._call("PATCH", f"/users/{int(user_id)}", changes))
+
+    def options(self) -> dict[str, Any]:
+        """The server-wide options: ``{"envelope_style": ..., "compress_answers": ...}``."""
+        return cast(dict[str, Any], self._call("GET", "/options"))
+
+    def set_envelope(self, style: str | None, *, user_id: int | None = None) -> dict[str, Any]:
+        """Serve pages in envelope ``style``, server-wide or for one user (None: follow the server's).
+
+        - "spec" (default): page_count = passes on the page, total_count, relative next, null at the end
+        - "next_only": no total_count; relative next while more follow, absent on the last page
+        - "absolute_next": like spec, next is ``http://<Host header>/passes?page=2&per_page=5``
+        - "page_count_pages": like spec, page_count = number of pages
+        - "short_page": no total_count, no pagination; a page shorter than per_page is the last
+        """
+        if user_id is None:
+            if style is None:
+                raise ValueError("the server-wide envelope style cannot be None")
+            return cast(dict[str, Any], self._call("PATCH", "/options", {"envelope_style": style}))
+        return cast(dict[str, Any], self._call("PATCH", f"/users/{int(user_id)}", {"envelope_style": style}))
+
+    def set_compression(self, enabled: bool | None, *, user_id: int | None = None) -> dict[str, Any]:
+        """gzip normal pages for clients sending ``Accept-Encoding: gzip``, server-wide or for one user.
+
+        For a user, None follows the server-wide setting again.
+        """
+        if user_id is None:
+            if enabled is None:
+                raise ValueError("the server-wide compression switch cannot be None")
+            return cast(dict[str, Any], self._call("PATCH", "/options", {"compress_answers": enabled}))
+        body = {"compress_answers": enabled}
         return cast(dict[str, Any], self._call("PATCH", f"/users/{int(user_id)}", body))
 
     def passes(self, user_id: int) -> dict[str, list[Pass]]:
@@ -154,11 +223,32 @@ class AdminClient:
         latency_ms: int = 0,
         retry_after: int = 1,
         variant: str | None = None,
+        drip_bytes: int | None = None,
+        drip_interval_ms: int | None = None,
+        inflated_bytes: int | None = None,
+        body_bytes: int | None = None,
+        pass_count: int | None = None,
     ) -> dict[str, Any]:
         """Inject a fault (global or per user, optionally one endpoint "v1"/"v4"); returns it with its id.
 
         ``count`` is how many times it fires before it is removed (None = until cleared); ``rate`` is the
-        probability it fires on a matching request (deterministic RNG).
+        probability it fires on a matching request (deterministic RNG). Kinds (``FAULT_KINDS``):
+
+        - latency (``latency_ms``), timeout (``latency_ms``, default 30000), reset, http_500, http_503,
+          rate_limit (``retry_after``), malformed_json, error_200_50020,
+          schema_break (``variant``: passes_not_list, pass_without_uuid, data_not_object)
+        - slow_drip: headers at once, then ``drip_bytes`` (4) every ``drip_interval_ms`` (100)
+        - gzip_bomb / deflate_bomb: a ~1 MB body inflating to ``inflated_bytes`` (1 GiB) of whitespace and
+          then the envelope
+        - huge_body: a ``body_bytes`` (64 MiB) envelope whose first pass has a huge string field
+        - huge_list: one page of ``pass_count`` (100000) small passes
+        - pagination_loop: full pages of new passes forever, next always set, total_count 2**53 - 1
+        - unstorable_pass (``variant``: int_overflow, nul_key, dollar_key, lone_surrogate, deep_nesting,
+          dotted_key): the first pass on the page gets one field no document store takes
+        - wrong_content_encoding: ``Content-Encoding: br`` on plain JSON
+        - truncated_body: Content-Length of the whole envelope, half of it sent, connection closed
+
+        The size and pace parameters None take the defaults in brackets.
         """
         body = {
             "kind": kind,
@@ -169,6 +259,11 @@ class AdminClient:
             "latency_ms": latency_ms,
             "retry_after": retry_after,
             "variant": variant,
+            "drip_bytes": drip_bytes,
+            "drip_interval_ms": drip_interval_ms,
+            "inflated_bytes": inflated_bytes,
+            "body_bytes": body_bytes,
+            "pass_count": pass_count,
         }
         return cast(dict[str, Any], self._call("POST", "/faults", body))
 

@@ -2,14 +2,23 @@
 
 Standard library only, so the simulator starts instantly anywhere. Requests are served concurrently on
 daemon threads; ``stop()`` wakes every handler that is sleeping on a fault and cuts open keep-alive
-connections, so it returns promptly even with a ``timeout`` fault in flight.
+connections, so it returns promptly even with a ``timeout`` or ``slow_drip`` fault in flight.
+
+The envelope of a page follows the user's (else the server's) envelope style (see ``state``); with
+``compress_answers`` on, a client sending ``Accept-Encoding: gzip`` gets normal pages gzip-compressed.
+Faults that act before the request is authorised (latency, errors, reset …) come from
+``_apply_pre_fault``; those that mangle an authorised page (malformed or hostile bodies) from
+``_apply_body_fault``, with the big bodies built in ``hostile``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import gzip
 import json
 import logging
+import math
 import re
 import socket
 import struct
@@ -18,8 +27,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, cast
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, unquote_plus, urlsplit
 
+from . import hostile
 from .admin import AdminClient
 from .state import (
     AdminError,
@@ -40,6 +50,30 @@ _LOOPBACK = ("127.", "::1", "::ffff:127.")
 _USER_ROUTE = re.compile(r"^/__admin/users/(?P<user_id>-?\d+)(?P<rest>/.*)?$")
 _PASS_ACTION = re.compile(r"^/passes/(?P<uuid>[^/]+)/(?P<action>activate|expire)$")
 _PASS_ITEM = re.compile(r"^/passes/(?P<uuid>[^/]+)$")
+_ENDPOINT_PATHS: dict[Endpoint, str] = {"v1": "/passes", "v4": "/v4.0/passes"}
+# Query parameters the next link sets itself; any others the client sent are carried over verbatim.
+_LINK_PARAMS: dict[Endpoint, tuple[str, ...]] = {
+    "v1": ("page", "per_page"),
+    "v4": ("status", "page", "per_page"),
+}
+# Faults that answer an authorised request with a mangled or hostile version of its page.
+_BODY_FAULTS = frozenset(
+    {
+        "malformed_json",
+        "schema_break",
+        "slow_drip",
+        "gzip_bomb",
+        "deflate_bomb",
+        "huge_body",
+        "huge_list",
+        "pagination_loop",
+        "unstorable_pass",
+        "wrong_content_encoding",
+        "truncated_body",
+    }
+)
+# huge_body's filler goes where this stands (nothing else in an envelope looks like it).
+_FILL_MARK = "@@huge-body-filler@@"
 
 
 class _AbortedError(Exception):
@@ -91,6 +125,10 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         """Track the connection so stop() can cut it."""
         super().setup()
+        # Headers and body go out in separate writes: without NODELAY each keep-alive answer waits ~40 ms
+        # for the client's delayed ACK, and slow_drip's small writes would be merged.
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self.sim.connections_lock:
             self.sim.connections.add(self.connection)
 
@@ -130,6 +168,27 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(payload)
 
+    def _send_stream(
+        self,
+        body: hostile.Body,
+        headers: dict[str, str] | None = None,
+        pause_seconds: float = 0.0,
+    ) -> None:
+        """Answer 200 with Content-Length ``body.length`` at once, then write the chunks (pausing between)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(body.length))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        for index, chunk in enumerate(body.chunks):
+            if index and pause_seconds:
+                self._hold(pause_seconds)
+            # A client that went away surfaces here as BrokenPipe/ConnectionReset, ending the answer.
+            self.wfile.write(chunk)
+
     def _abort(self) -> None:
         """Close the socket with SO_LINGER 0 so the peer sees a connection reset, not a clean close."""
         self.close_connection = True
@@ -157,23 +216,23 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -------------------------------------------------------------- verbs
 
-    def do_GET(self) -> None:  # noqa: N802 - name fixed by BaseHTTPRequestHandler
+    def do_GET(self) -> None:
         """Dispatch a GET."""
         self._dispatch()
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         """Dispatch a POST."""
         self._dispatch()
 
-    def do_PUT(self) -> None:  # noqa: N802
+    def do_PUT(self) -> None:
         """Dispatch a PUT."""
         self._dispatch()
 
-    def do_PATCH(self) -> None:  # noqa: N802
+    def do_PATCH(self) -> None:
         """Dispatch a PATCH."""
         self._dispatch()
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         """Dispatch a DELETE."""
         self._dispatch()
 
@@ -244,10 +303,38 @@ class _Handler(BaseHTTPRequestHandler):
         except _BadRequestError as exc:
             return self._error(400, 40000, str(exc))
         result = self.sim.state.page(user_id, endpoint, page, per_page)
-        if fault is not None and fault.kind in ("malformed_json", "schema_break"):
-            return self._apply_body_fault(fault, result)
-        self._send(200, self._envelope(result))
+        if fault is not None and fault.kind in _BODY_FAULTS:
+            return self._apply_body_fault(fault, result, query, endpoint)
+        self._send_page(self._envelope(result, query, endpoint), result)
         return 200
+
+    def _send_page(self, text: str, result: PageResult) -> None:
+        """Send a page, gzip-compressed when compress_answers is on and the client accepts gzip."""
+        if not result.compress_answers:
+            self._send(200, text)
+            return
+        headers = {"Vary": "Accept-Encoding"}
+        if not self._accepts_gzip():
+            self._send(200, text, headers)
+            return
+        headers["Content-Encoding"] = "gzip"
+        self._send(200, gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0), headers)
+
+    def _accepts_gzip(self) -> bool:
+        """True when Accept-Encoding lists gzip without q=0."""
+        for item in self.headers.get("Accept-Encoding", "").split(","):
+            coding, *params = (part.strip().lower() for part in item.split(";"))
+            if coding != "gzip":
+                continue
+            for param in params:
+                name, _, value = param.partition("=")
+                if name.strip() == "q":
+                    try:
+                        return float(value) > 0
+                    except ValueError:
+                        return False
+            return True
+        return False
 
     def _paging(self, query: str, endpoint: Endpoint) -> tuple[int, int]:
         params = parse_qs(query, keep_blank_values=True)
@@ -274,21 +361,51 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _BadRequestError(f"unsupported status filter {status!r}; only EXPIRED is served")
         return page, per_page
 
-    def _envelope(self, result: PageResult) -> str:
-        if result.object_pagination:
-            pagination = "{}"
+    def _next_link(self, result: PageResult, query: str, endpoint: Endpoint, absolute: bool = False) -> str:
+        """The link to the next page: status (v4), page, per_page, then the client's other params."""
+        params = [f"page={result.page + 1}", f"per_page={result.per_page}"]
+        if endpoint == "v4":
+            params.insert(0, "status=EXPIRED")
+        params += [
+            part
+            for part in query.split("&")
+            if part and unquote_plus(part.partition("=")[0]) not in _LINK_PARAMS[endpoint]
+        ]
+        link = f"{_ENDPOINT_PATHS[endpoint]}?{'&'.join(params)}"
+        if not absolute:
+            return link
+        host = self.headers.get("Host") or "{}:{}".format(*self.sim.server_address[:2])
+        return f"http://{host}{link}"
+
+    def _envelope(self, result: PageResult, query: str, endpoint: Endpoint) -> str:
+        """The page's envelope in its envelope style (``state`` module docstring)."""
+        style = result.envelope_style
+        next_link = None
+        if result.more:
+            next_link = self._next_link(result, query, endpoint, absolute=style == "absolute_next")
+        if style == "page_count_pages":
+            page_count = math.ceil(result.total_count / result.per_page)
         else:
-            links = {"page": result.page, "per_page": result.per_page, "next": result.next_link}
-            pagination = dump_json(links)
+            page_count = len(result.passes_raw)
         # Passes are spliced in as stored so verbatim JSON (2.50, 1E21, key order) reaches the client intact.
-        return (
-            '{"server_time":' + dump_json(self.sim.state.server_time()) + ',"data":{"passes":['
-            + ",".join(result.passes_raw)
-            + '],"page_count":' + str(len(result.passes_raw))
-            + ',"total_count":' + str(result.total_count)
-            + ',"pagination":' + pagination
-            + '},"errors":[]}'
-        )  # fmt: skip
+        parts = [
+            '{"server_time":', dump_json(self.sim.state.server_time()),
+            ',"data":{"passes":[', ",".join(result.passes_raw),
+            '],"page_count":', str(page_count),
+        ]  # fmt: skip
+        if style not in ("next_only", "short_page"):
+            parts += [',"total_count":', str(result.total_count)]
+        if style != "short_page":
+            if result.object_pagination:
+                pagination = "{}"
+            else:
+                links: dict[str, Any] = {"page": result.page, "per_page": result.per_page}
+                if next_link is not None or style != "next_only":
+                    links["next"] = next_link
+                pagination = dump_json(links)
+            parts += [',"pagination":', pagination]
+        parts.append('},"errors":[]}')
+        return "".join(parts)
 
     def _error(self, status: int, code: int, message: str, headers: dict[str, str] | None = None) -> int:
         body = {"errors": [{"code": code, "message": message}], "data": None}
@@ -316,13 +433,59 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(200, TOKEN_EXPIRED_CODE, "Your session has expired. Please log in again.")
         return None
 
-    def _apply_body_fault(self, fault: Fault, result: PageResult) -> int:
-        if fault.kind == "malformed_json":
-            text = self._envelope(result)
+    def _apply_body_fault(self, fault: Fault, result: PageResult, query: str, endpoint: Endpoint) -> int:
+        """Answer an authorised request with a mangled or hostile version of its page."""
+        kind = fault.kind
+        if kind == "schema_break":
+            return self._schema_break(fault, result, query, endpoint)
+        if kind == "pagination_loop":
+            return self._pagination_loop(result, query, endpoint)
+        if kind == "unstorable_pass" and result.passes_raw:
+            # Only the first pass changes; an empty page is served as it is.
+            fragment = hostile.UNSTORABLE_FIELDS[fault.variant]
+            passes = [hostile.with_extra_field(result.passes_raw[0], fragment), *result.passes_raw[1:]]
+            result = dataclasses.replace(result, passes_raw=passes)
+        if kind == "huge_body":
+            return self._huge_body(fault, result, query, endpoint)
+        if kind == "huge_list":
+            return self._huge_list(fault, result)
+        text = self._envelope(result, query, endpoint)
+        payload = text.encode("utf-8")
+        if kind == "malformed_json":
             # A strict prefix of a JSON object is never valid JSON.
             self._send(200, text[: max(1, len(text) // 2)])
-            return 200
+        elif kind == "slow_drip":
+            step = fault.drip_bytes
+            chunks = (payload[start : start + step] for start in range(0, len(payload), step))
+            self._send_stream(hostile.Body(len(payload), chunks), pause_seconds=fault.drip_interval_ms / 1000)
+        elif kind == "gzip_bomb":
+            self._send_stream(hostile.gzip_bomb(payload, fault.inflated_bytes), {"Content-Encoding": "gzip"})
+        elif kind == "deflate_bomb":
+            bomb = hostile.deflate_bomb(payload, fault.inflated_bytes)
+            self._send_stream(bomb, {"Content-Encoding": "deflate"})
+        elif kind == "wrong_content_encoding":
+            self._send(200, payload, {"Content-Encoding": "br"})
+        elif kind == "truncated_body":
+            self._send_truncated(payload)
+        else:
+            self._send_page(text, result)
+        return 200
+
+    def _send_truncated(self, payload: bytes) -> None:
+        """Declare the whole payload, send half of it, then close the connection (a clean FIN)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.close_connection = True
+        if self.command != "HEAD":
+            self.wfile.write(payload[: len(payload) // 2])
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_WR)
+
+    def _schema_break(self, fault: Fault, result: PageResult, query: str, endpoint: Endpoint) -> int:
         passes = [json.loads(raw) for raw in result.passes_raw]
+        next_link = self._next_link(result, query, endpoint) if result.more else None
         data: Any
         if fault.variant == "pass_without_uuid":
             if passes:
@@ -342,9 +505,43 @@ class _Handler(BaseHTTPRequestHandler):
                 "passes": {str(index): item for index, item in enumerate(passes)},
                 "page_count": len(passes),
                 "total_count": result.total_count,
-                "pagination": {"page": result.page, "per_page": result.per_page, "next": result.next_link},
+                "pagination": {"page": result.page, "per_page": result.per_page, "next": next_link},
             }
         self._send(200, dump_json({"server_time": self.sim.state.server_time(), "data": data, "errors": []}))
+        return 200
+
+    def _pagination_loop(self, result: PageResult, query: str, endpoint: Endpoint) -> int:
+        """Every page full of passes never seen before, next always set, a total nobody reaches."""
+        stamp = self.sim.state.server_time()
+        looped = dataclasses.replace(
+            result,
+            passes_raw=hostile.small_passes(result.page, result.per_page, stamp),
+            total_count=hostile.LOOP_TOTAL_COUNT,
+            more=True,
+            object_pagination=False,
+            envelope_style="spec",
+        )
+        self._send_page(self._envelope(looped, query, endpoint), looped)
+        return 200
+
+    def _huge_body(self, fault: Fault, result: PageResult, query: str, endpoint: Endpoint) -> int:
+        """The page's envelope with a huge string field in its first pass, body_bytes long in all."""
+        passes = result.passes_raw or [hostile.small_pass(0, 0, self.sim.state.server_time())]
+        marked = hostile.with_extra_field(passes[0], f'"padding":"{_FILL_MARK}"')
+        total = max(result.total_count, len(passes))
+        padded = dataclasses.replace(result, passes_raw=[marked, *passes[1:]], total_count=total)
+        head, _, tail = self._envelope(padded, query, endpoint).partition(_FILL_MARK)
+        self._send_stream(hostile.huge_body(head, tail, fault.body_bytes))
+        return 200
+
+    def _huge_list(self, fault: Fault, result: PageResult) -> int:
+        """One page of pass_count small passes whose page_count and total_count agree with it."""
+        stamp = self.sim.state.server_time()
+        count = fault.pass_count
+        head = '{"server_time":' + dump_json(stamp) + ',"data":{"passes":['
+        pagination = dump_json({"page": result.page, "per_page": result.per_page, "next": None})
+        tail = f'],"page_count":{count},"total_count":{count},"pagination":{pagination}}},"errors":[]}}'
+        self._send_stream(hostile.huge_list(head, tail, count, stamp))
         return 200
 
     # -------------------------------------------------------------- admin
@@ -394,11 +591,26 @@ class _Handler(BaseHTTPRequestHandler):
                     latency_ms=int(body.get("latency_ms", 0)),
                     retry_after=int(body.get("retry_after", 1)),
                     variant=body.get("variant"),
+                    drip_bytes=_optional_int(body.get("drip_bytes")),
+                    drip_interval_ms=_optional_int(body.get("drip_interval_ms")),
+                    inflated_bytes=_optional_int(body.get("inflated_bytes")),
+                    body_bytes=_optional_int(body.get("body_bytes")),
+                    pass_count=_optional_int(body.get("pass_count")),
                 )
                 return 201, dump_json(fault)
             if method == "DELETE":
                 state.clear_faults()
                 return 200, ok
+        if path == "/__admin/options":
+            if method == "GET":
+                return 200, dump_json(state.options())
+            if method == "PATCH":
+                body = self._read_json_body()
+                unknown = set(body) - {"envelope_style", "compress_answers"}
+                if unknown:
+                    raise AdminError(400, f"unknown options {sorted(unknown)}")
+                options = state.set_options(body.get("envelope_style"), body.get("compress_answers"))
+                return 200, dump_json(options)
         if path == "/__admin/requests" and method == "GET":
             return 200, dump_json(state.request_counts())
         if path == "/__admin/users" and method == "POST":
@@ -410,6 +622,8 @@ class _Handler(BaseHTTPRequestHandler):
                 expired=int(body.get("expired", 2)),
                 seed=_optional_int(body.get("seed")),
                 empty_pagination_style=str(body.get("empty_pagination_style", "null")),
+                envelope_style=body.get("envelope_style"),
+                compress_answers=body.get("compress_answers"),
             )
             return 201, dump_json(created)
         match = _USER_ROUTE.match(path)
@@ -426,7 +640,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return 200, dump_json(state.user_summary(user_id))
             if method == "PATCH":
                 body = self._read_json_body()
-                return 200, dump_json(state.update_user(user_id, body.get("empty_pagination_style")))
+                return 200, dump_json(state.update_user(user_id, body))
         if rest == "/passes":
             if method == "GET":
                 current, expired = state.passes_raw(user_id)
@@ -479,10 +693,21 @@ class SimulatorServer:
         seed: int = 1,
         timezone: str = "America/Chicago",
         now: str | None = None,
+        envelope_style: str = "spec",
+        compress_answers: bool = False,
     ) -> None:
         self.host = host
         self.requested_port = port
-        self.state = SimulatorState(seed=seed, timezone=timezone, now=now)
+        try:
+            self.state = SimulatorState(
+                seed=seed,
+                timezone=timezone,
+                now=now,
+                envelope_style=envelope_style,
+                compress_answers=compress_answers,
+            )
+        except AdminError as exc:
+            raise ValueError(exc.message) from None
         self._httpd: _SimulatorHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._admin: AdminClient | None = None
@@ -499,6 +724,14 @@ class SimulatorServer:
         """Base URL of the Bytemark API, e.g. http://127.0.0.1:8917 (after start())."""
         host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
         return f"http://{host}:{self.port}"
+
+    @property
+    def open_connections(self) -> int:
+        """How many client connections a handler is serving right now (0 when stopped)."""
+        if self._httpd is None:
+            return 0
+        with self._httpd.connections_lock:
+            return len(self._httpd.connections)
 
     @property
     def admin(self) -> AdminClient:

@@ -3,6 +3,20 @@
 Every method is thread-safe (one lock); the HTTP layer never touches the data directly. Passes are kept as
 their JSON text next to the parsed object so a pass put in verbatim (``2.50``, ``1E21``) is served byte for
 byte as given.
+
+Envelope styles (``ENVELOPE_STYLES``; server-wide via ``/__admin/options``, per user via
+``PATCH /__admin/users/<id>``; a user's null follows the server's):
+
+- ``spec``: ``page_count`` = passes on this page, ``total_count``, ``pagination.next`` a relative link
+  while more pages follow and null on the last page.
+- ``next_only``: no ``total_count``; ``pagination.next`` a relative link while more pages follow, absent
+  on the last page.
+- ``absolute_next``: like spec, but ``next`` is an absolute URL built from the request's Host header.
+- ``page_count_pages``: like spec, but ``page_count`` is the number of pages (ceil(total / per_page)).
+- ``short_page``: no ``total_count`` and no ``pagination``; only a page shorter than per_page ends the list
+  (a full last page is followed by an empty one).
+
+Fault kinds (``FAULT_KINDS``) and the parameters each reads are listed in ``FAULT_HELP``.
 """
 
 from __future__ import annotations
@@ -35,8 +49,58 @@ FAULT_KINDS = (
     "malformed_json",
     "error_200_50020",
     "schema_break",
+    "slow_drip",
+    "gzip_bomb",
+    "deflate_bomb",
+    "huge_body",
+    "huge_list",
+    "pagination_loop",
+    "unstorable_pass",
+    "wrong_content_encoding",
+    "truncated_body",
 )
+# What each kind does and which set_fault parameters it reads (count, rate, user_id, endpoint apply to all).
+FAULT_HELP = {
+    "latency": "answer normally after latency_ms",
+    "http_500": "HTTP 500 with an errors envelope",
+    "http_503": "HTTP 503 with an errors envelope",
+    "timeout": "hold the answer latency_ms (default 30000), then answer normally",
+    "reset": "drop the connection with a TCP reset, no answer",
+    "rate_limit": "HTTP 429 with Retry-After: retry_after",
+    "malformed_json": "HTTP 200 whose body is the first half of the envelope",
+    "error_200_50020": "HTTP 200 carrying error 50020 and data null",
+    "schema_break": "valid JSON of the wrong shape; variant in SCHEMA_BREAK_VARIANTS",
+    "slow_drip": "headers (true Content-Length) at once, then the body drip_bytes every drip_interval_ms",
+    "gzip_bomb": "Content-Encoding gzip: concatenated members inflating to inflated_bytes (whitespace, "
+    "then the envelope)",
+    "deflate_bomb": "like gzip_bomb as one zlib stream with Content-Encoding deflate",
+    "huge_body": "a body_bytes uncompressed envelope whose first pass has a huge string field, streamed",
+    "huge_list": "one page of pass_count small passes (page_count and total_count match), streamed",
+    "pagination_loop": "every page full of fresh passes, next always set, total_count 2**53 - 1",
+    "unstorable_pass": "the first pass on the page gets one unstorable field; variant in "
+    "UNSTORABLE_PASS_VARIANTS",
+    "wrong_content_encoding": "Content-Encoding br on a body that is plain JSON, not brotli",
+    "truncated_body": "Content-Length of the whole envelope, half of it sent, then the connection closed",
+}
 SCHEMA_BREAK_VARIANTS = ("passes_not_list", "pass_without_uuid", "data_not_object")
+UNSTORABLE_PASS_VARIANTS = (
+    "int_overflow",
+    "nul_key",
+    "dollar_key",
+    "lone_surrogate",
+    "deep_nesting",
+    "dotted_key",
+)
+FAULT_VARIANTS = {"schema_break": SCHEMA_BREAK_VARIANTS, "unstorable_pass": UNSTORABLE_PASS_VARIANTS}
+# Defaults of the size and pace parameters of the hostile faults.
+FAULT_PARAM_DEFAULTS = {
+    "drip_bytes": 4,
+    "drip_interval_ms": 100,
+    "inflated_bytes": 1 << 30,
+    "body_bytes": 64 << 20,
+    "pass_count": 100_000,
+}
+ENVELOPE_STYLES = ("spec", "next_only", "absolute_next", "page_count_pages", "short_page")
 ENDPOINTS = ("v1", "v4")
 PAGINATION_STYLES = ("null", "object")
 ListName = Literal["current", "expired"]
@@ -101,6 +165,9 @@ class User:
     expired: list[StoredPass] = field(default_factory=list)
     revoked: bool = False
     empty_pagination_style: str = "null"
+    # None: follow the server-wide setting.
+    envelope_style: str | None = None
+    compress_answers: bool | None = None
 
     def lists(self) -> dict[str, list[StoredPass]]:
         """Both lists by admin name."""
@@ -120,6 +187,11 @@ class Fault:
     latency_ms: int
     retry_after: int
     variant: str
+    drip_bytes: int = FAULT_PARAM_DEFAULTS["drip_bytes"]
+    drip_interval_ms: int = FAULT_PARAM_DEFAULTS["drip_interval_ms"]
+    inflated_bytes: int = FAULT_PARAM_DEFAULTS["inflated_bytes"]
+    body_bytes: int = FAULT_PARAM_DEFAULTS["body_bytes"]
+    pass_count: int = FAULT_PARAM_DEFAULTS["pass_count"]
     fired: int = 0
 
     def describe(self) -> dict[str, Any]:
@@ -134,6 +206,11 @@ class Fault:
             "latency_ms": self.latency_ms,
             "retry_after": self.retry_after,
             "variant": self.variant,
+            "drip_bytes": self.drip_bytes,
+            "drip_interval_ms": self.drip_interval_ms,
+            "inflated_bytes": self.inflated_bytes,
+            "body_bytes": self.body_bytes,
+            "pass_count": self.pass_count,
             "fired": self.fired,
         }
 
@@ -147,17 +224,30 @@ class PageResult:
     total_count: int
     page: int
     per_page: int
-    next_link: str | None
+    more: bool
     object_pagination: bool
+    envelope_style: str
+    compress_answers: bool
 
 
 class SimulatorState:
     """All mutable simulator data behind one lock."""
 
-    def __init__(self, seed: int = 1, timezone: str = "America/Chicago", now: str | None = None) -> None:
+    def __init__(
+        self,
+        seed: int = 1,
+        timezone: str = "America/Chicago",
+        now: str | None = None,
+        envelope_style: str = "spec",
+        compress_answers: bool = False,
+    ) -> None:
         self._lock = threading.RLock()
         self._seed = seed
         self.timezone = timezone
+        self._check_envelope_style(envelope_style)
+        self._initial_options = {"envelope_style": envelope_style, "compress_answers": compress_answers}
+        self._envelope_style = envelope_style
+        self._compress_answers = compress_answers
         self._frozen_at: datetime | None = None
         self._offset = timedelta(0)
         self._initial_now = now
@@ -197,8 +287,10 @@ class SimulatorState:
     # ----------------------------------------------------------------- users
 
     def reset(self) -> None:
-        """Drop every user, token, fault and counter; the clock returns to its start setting."""
+        """Drop every user, token, fault and counter; the clock and the server options return to the start."""
         with self._lock:
+            self._envelope_style = str(self._initial_options["envelope_style"])
+            self._compress_answers = bool(self._initial_options["compress_answers"])
             self._users.clear()
             self._tokens.clear()
             self._faults.clear()
@@ -206,6 +298,26 @@ class SimulatorState:
             self._next_fault_id = 1
             self._counts = {"total": 0, "by_endpoint": dict.fromkeys(ENDPOINTS, 0), "by_user": {}}
             self.set_time(self._initial_now)
+
+    def options(self) -> dict[str, Any]:
+        """The server-wide options."""
+        with self._lock:
+            return {"envelope_style": self._envelope_style, "compress_answers": self._compress_answers}
+
+    def set_options(
+        self, envelope_style: str | None = None, compress_answers: bool | None = None
+    ) -> dict[str, Any]:
+        """Change the server-wide options (None leaves one unchanged); users without their own follow them."""
+        if envelope_style is not None:
+            self._check_envelope_style(envelope_style)
+        if compress_answers is not None and not isinstance(compress_answers, bool):
+            raise AdminError(400, "compress_answers must be true or false")
+        with self._lock:
+            if envelope_style is not None:
+                self._envelope_style = envelope_style
+            if compress_answers is not None:
+                self._compress_answers = compress_answers
+        return self.options()
 
     def seed_user(
         self,
@@ -215,13 +327,22 @@ class SimulatorState:
         expired: int = 2,
         seed: int | None = None,
         empty_pagination_style: str = "null",
+        envelope_style: str | None = None,
+        compress_answers: bool | None = None,
     ) -> dict[str, Any]:
-        """Create (or recreate) a user with generated passes; returns the user and its passes."""
+        """Create (or recreate) a user with generated passes; returns the user and its passes.
+
+        ``envelope_style`` / ``compress_answers`` None follow the server-wide options.
+        """
         if current < 0 or expired < 0:
             raise AdminError(400, "current and expired must be >= 0")
         if not token:
             raise AdminError(400, "token must be a non-empty string")
         self._check_pagination_style(empty_pagination_style)
+        if envelope_style is not None:
+            self._check_envelope_style(envelope_style)
+        if compress_answers is not None and not isinstance(compress_answers, bool):
+            raise AdminError(400, "compress_answers must be true, false or null")
         with self._lock:
             owner = self._tokens.get(token)
             if owner is not None and owner != user_id:
@@ -230,7 +351,14 @@ class SimulatorState:
             # Generated times hang off the clock's hour so the same seed gives the same passes all hour.
             anchor = self.now().replace(minute=0, second=0, microsecond=0)
             factory = PassFactory(user_id, self._seed if seed is None else seed, self.timezone)
-            user = User(user_id, token, factory, empty_pagination_style=empty_pagination_style)
+            user = User(
+                user_id,
+                token,
+                factory,
+                empty_pagination_style=empty_pagination_style,
+                envelope_style=envelope_style,
+                compress_answers=compress_answers,
+            )
             generated = [factory.current_pass(anchor) for _ in range(current)]
             # Bytemark's legacy list is ordered by uuid, not by time_created: clients must sort.
             user.current = [StoredPass.from_data(p) for p in sorted(generated, key=lambda p: str(p["uuid"]))]
@@ -258,6 +386,11 @@ class SimulatorState:
             raise AdminError(400, f"empty_pagination_style must be one of {list(PAGINATION_STYLES)}")
 
     @staticmethod
+    def _check_envelope_style(style: str) -> None:
+        if style not in ENVELOPE_STYLES:
+            raise AdminError(400, f"envelope_style must be one of {list(ENVELOPE_STYLES)}")
+
+    @staticmethod
     def _lists_of(user: User) -> dict[str, list[Pass]]:
         return {
             "current": [json.loads(p.raw) for p in user.current],
@@ -278,17 +411,38 @@ class SimulatorState:
                 "user_id": user.user_id,
                 "revoked": user.revoked,
                 "empty_pagination_style": user.empty_pagination_style,
+                "envelope_style": user.envelope_style,
+                "compress_answers": user.compress_answers,
                 "current_count": len(user.current),
                 "expired_count": len(user.expired),
             }
 
-    def update_user(self, user_id: int, empty_pagination_style: str | None) -> dict[str, Any]:
-        """Change per-user options."""
+    def update_user(self, user_id: int, options: dict[str, Any]) -> dict[str, Any]:
+        """Change the per-user options present in ``options``.
+
+        ``empty_pagination_style`` null leaves it unchanged; ``envelope_style`` / ``compress_answers`` null
+        make the user follow the server-wide option again.
+        """
+        unknown = set(options) - {"empty_pagination_style", "envelope_style", "compress_answers"}
+        if unknown:
+            raise AdminError(400, f"unknown user options {sorted(unknown)}")
+        pagination_style = options.get("empty_pagination_style")
+        if pagination_style is not None:
+            self._check_pagination_style(pagination_style)
+        envelope_style = options.get("envelope_style")
+        if envelope_style is not None:
+            self._check_envelope_style(envelope_style)
+        compress = options.get("compress_answers")
+        if compress is not None and not isinstance(compress, bool):
+            raise AdminError(400, "compress_answers must be true, false or null")
         with self._lock:
             user = self._user(user_id)
-            if empty_pagination_style is not None:
-                self._check_pagination_style(empty_pagination_style)
-                user.empty_pagination_style = empty_pagination_style
+            if pagination_style is not None:
+                user.empty_pagination_style = pagination_style
+            if "envelope_style" in options:
+                user.envelope_style = envelope_style
+            if "compress_answers" in options:
+                user.compress_answers = compress
         return self.user_summary(user_id)
 
     def revoke(self, user_id: int) -> None:
@@ -412,8 +566,13 @@ class SimulatorState:
         latency_ms: int = 0,
         retry_after: int = 1,
         variant: str | None = None,
+        drip_bytes: int | None = None,
+        drip_interval_ms: int | None = None,
+        inflated_bytes: int | None = None,
+        body_bytes: int | None = None,
+        pass_count: int | None = None,
     ) -> dict[str, Any]:
-        """Add a fault; returns its description (with an id)."""
+        """Add a fault; returns its description (with an id). None parameters take FAULT_PARAM_DEFAULTS."""
         if kind not in FAULT_KINDS:
             raise AdminError(400, f"unknown fault kind {kind!r}; known: {list(FAULT_KINDS)}")
         if endpoint is not None and endpoint not in ENDPOINTS:
@@ -424,10 +583,23 @@ class SimulatorState:
             raise AdminError(400, "rate must be between 0 and 1")
         if latency_ms < 0 or retry_after < 0:
             raise AdminError(400, "latency_ms and retry_after must be >= 0")
-        if kind == "schema_break":
-            variant = variant or SCHEMA_BREAK_VARIANTS[0]
-            if variant not in SCHEMA_BREAK_VARIANTS:
-                raise AdminError(400, f"variant must be one of {list(SCHEMA_BREAK_VARIANTS)}")
+        variants = FAULT_VARIANTS.get(kind)
+        if variants is not None:
+            variant = variant or variants[0]
+            if variant not in variants:
+                raise AdminError(400, f"variant must be one of {list(variants)}")
+        given = {
+            "drip_bytes": drip_bytes,
+            "drip_interval_ms": drip_interval_ms,
+            "inflated_bytes": inflated_bytes,
+            "body_bytes": body_bytes,
+            "pass_count": pass_count,
+        }
+        params = {
+            name: FAULT_PARAM_DEFAULTS[name] if value is None else value for name, value in given.items()
+        }
+        if any(value < 0 for value in params.values()) or params["drip_bytes"] < 1:
+            raise AdminError(400, "drip_bytes must be >= 1; the other size and pace parameters >= 0")
         if kind == "timeout" and latency_ms == 0:
             latency_ms = 30_000
         with self._lock:
@@ -441,6 +613,7 @@ class SimulatorState:
                 latency_ms=latency_ms,
                 retry_after=retry_after,
                 variant=variant or "",
+                **params,
             )
             self._next_fault_id += 1
             self._faults.append(fault)
@@ -513,13 +686,20 @@ class SimulatorState:
             items = [p.raw for p in source[start : start + per_page]]
             total = len(source)
             more = start + len(items) < total
-            next_link: str | None = None
-            if more and endpoint == "v1":
-                next_link = f"/passes?page={page + 1}&per_page={per_page}"
-            elif more:
-                next_link = f"/v4.0/passes?status=EXPIRED&page={page + 1}&per_page={per_page}"
             object_pagination = user.empty_pagination_style == "object" and page == 1 and not more
-            return PageResult(user_id, items, total, page, per_page, next_link, object_pagination)
+            return PageResult(
+                user_id=user_id,
+                passes_raw=items,
+                total_count=total,
+                page=page,
+                per_page=per_page,
+                more=more,
+                object_pagination=object_pagination,
+                envelope_style=user.envelope_style or self._envelope_style,
+                compress_answers=(
+                    self._compress_answers if user.compress_answers is None else user.compress_answers
+                ),
+            )
 
     def server_time(self) -> str:
         """The envelope's server_time."""

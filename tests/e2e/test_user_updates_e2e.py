@@ -292,9 +292,9 @@ def test_a_malformed_message_reaches_the_dlq_after_max_receives_while_a_valid_on
     dead: dict[str, Any] | None = None
     deadline = time.monotonic() + 60 + 5 * queues.max_receive_count
     while dead is None:
-        assert (
-            time.monotonic() < deadline
-        ), f"not in the DLQ in time; deliveries {dict(deliveries)}, poller {poller.stats}"
+        assert time.monotonic() < deadline, (
+            f"not in the DLQ in time; deliveries {dict(deliveries)}, poller {poller.stats}"
+        )
         poller.poll_once()
         dead = _take_from_dlq(sqs, queues.dlq_url, malformed_id)
 

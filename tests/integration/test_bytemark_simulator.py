@@ -1,8 +1,12 @@
-"""Contract tests of the Bytemark simulator (SPEC §2) over real HTTP: paging, auth, data, admin, faults."""
+"""Contract tests of the Bytemark simulator (SPEC §2) over real HTTP: paging, envelope variants, auth, data,
+admin, faults. The hostile faults (bombs, drips, huge answers …) are in test_bytemark_simulator_hostile.py.
+"""
 
 from __future__ import annotations
 
+import gzip
 import json
+import math
 import os
 import re
 import selectors
@@ -20,7 +24,13 @@ import pytest
 import requests
 
 import bytemark_simulator
-from bytemark_simulator import FAULT_KINDS, AdminClient, SimulatorAdminError, SimulatorServer
+from bytemark_simulator import (
+    ENVELOPE_STYLES,
+    FAULT_KINDS,
+    AdminClient,
+    SimulatorAdminError,
+    SimulatorServer,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -174,6 +184,202 @@ def test_object_pagination_style_sends_empty_pagination_on_a_single_page(
     assert len(walk(http, sim, "/passes?", 2)) == 3
     assert sim.admin.set_user_options(42, empty_pagination_style="null")["empty_pagination_style"] == "null"
     assert get(http, sim, "/passes?per_page=10&page=1").json()["data"]["pagination"]["next"] is None
+
+
+def walk_style(
+    http: requests.Session, sim: SimulatorServer, base: str, per_page: int, style: str
+) -> list[dict[str, Any]]:
+    """Follow one list the way a client of ``style`` must (next links, or short pages); returns each data."""
+    pages: list[dict[str, Any]] = []
+    url = f"{sim.url}{base}per_page={per_page}&page=1"
+    while len(pages) < 100:
+        response = http.get(url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+        assert response.status_code == 200
+        data = response.json()["data"]
+        pages.append(data)
+        if style == "short_page":
+            if len(data["passes"]) < per_page:
+                return pages
+            url = f"{sim.url}{base}per_page={per_page}&page={len(pages) + 1}"
+            continue
+        next_link = data["pagination"].get("next")
+        if not next_link:
+            return pages
+        url = next_link if style == "absolute_next" else f"{sim.url}{next_link}"
+    raise AssertionError("the list never ended")
+
+
+@pytest.mark.parametrize("style", ENVELOPE_STYLES)
+@pytest.mark.parametrize(
+    ("base", "list_name"), [("/passes?", "current"), ("/v4.0/passes?status=EXPIRED&", "expired")]
+)
+def test_every_envelope_style_serves_the_whole_list_its_own_way(
+    sim: SimulatorServer, http: requests.Session, style: str, base: str, list_name: str
+) -> None:
+    """Each style pages through 7 current (3+3+1) and 6 expired (3+3) passes with its own envelope fields."""
+    seeded = sim.admin.seed_user(42, TOKEN, current=7, expired=6)
+    sim.admin.set_envelope(style)
+    pages = walk_style(http, sim, base, 3, style)
+    expected = seeded[list_name]
+    assert [p["uuid"] for data in pages for p in data["passes"]] == [p["uuid"] for p in expected]
+    sizes = [len(data["passes"]) for data in pages]
+    path = base.rstrip("&?")
+    if style == "short_page":
+        # A full last page is followed by an empty one: only a short page ends the list.
+        assert sizes == ([3, 3, 1] if list_name == "current" else [3, 3, 0])
+        assert all(set(data) == {"passes", "page_count"} for data in pages)
+        assert [data["page_count"] for data in pages] == sizes
+        return
+    assert sizes == ([3, 3, 1] if list_name == "current" else [3, 3])
+    for number, data in enumerate(pages, start=1):
+        pagination = data["pagination"]
+        assert (pagination["page"], pagination["per_page"]) == (number, 3)
+        last = number == len(pages)
+        if style == "next_only":
+            assert "total_count" not in data
+            assert data["page_count"] == len(data["passes"])
+            assert "next" not in pagination if last else pagination["next"]
+            continue
+        assert data["total_count"] == len(expected)
+        if style == "page_count_pages":
+            assert data["page_count"] == math.ceil(len(expected) / 3)
+        else:
+            assert data["page_count"] == len(data["passes"])
+        relative = None if last else f"{path}{'&' if '?' in path else '?'}page={number + 1}&per_page=3"
+        if style == "absolute_next" and relative is not None:
+            assert pagination["next"] == f"{sim.url}{relative}"
+        else:
+            assert pagination["next"] == relative
+
+
+def test_page_count_pages_counts_pages_not_items(sim: SimulatorServer, http: requests.Session) -> None:
+    """page_count_pages says 4 on every page of 7 passes at 2 a page (none holds 4), 0 for an empty list."""
+    sim.admin.seed_user(42, TOKEN, current=7, expired=0)
+    sim.admin.set_envelope("page_count_pages")
+    pages = [get(http, sim, f"/passes?per_page=2&page={n}").json()["data"] for n in range(1, 6)]
+    assert [data["page_count"] for data in pages] == [4] * 5
+    assert [len(data["passes"]) for data in pages] == [2, 2, 2, 1, 0]
+    assert get(http, sim, "/v4.0/passes?status=EXPIRED&per_page=3&page=1").json()["data"]["page_count"] == 0
+
+
+def test_absolute_next_is_built_from_the_host_header(sim: SimulatorServer, http: requests.Session) -> None:
+    """absolute_next names the host the client asked for, so a proxy-style Host comes back in the link."""
+    sim.admin.seed_user(42, TOKEN, current=3, expired=0, envelope_style="absolute_next")
+    response = http.get(
+        f"{sim.url}/passes?per_page=1&page=1",
+        headers={"Authorization": f"Bearer {TOKEN}", "Host": "bytemark.example:8443"},
+        timeout=5,
+    )
+    assert (
+        response.json()["data"]["pagination"]["next"]
+        == "http://bytemark.example:8443/passes?page=2&per_page=1"
+    )
+
+
+def test_next_links_keep_the_other_query_parameters(sim: SimulatorServer, http: requests.Session) -> None:
+    """next sets status (v4), page and per_page and carries any other parameter verbatim, in every style."""
+    sim.admin.seed_user(42, TOKEN, current=3, expired=3)
+    v4 = get(http, sim, "/v4.0/passes?per_page=1&expand=order%20item&page=1&status=EXPIRED&lang=es").json()
+    assert v4["data"]["pagination"]["next"] == (
+        "/v4.0/passes?status=EXPIRED&page=2&per_page=1&expand=order%20item&lang=es"
+    )
+    # Without status the v4 link still names it; v1 links never do.
+    assert get(http, sim, "/v4.0/passes?per_page=1").json()["data"]["pagination"]["next"] == (
+        "/v4.0/passes?status=EXPIRED&page=2&per_page=1"
+    )
+    assert get(http, sim, "/passes?page=2&status=ANY&per_page=1&x=1").json()["data"]["pagination"][
+        "next"
+    ] == ("/passes?page=3&per_page=1&status=ANY&x=1")
+    sim.admin.set_envelope("absolute_next")
+    assert get(http, sim, "/passes?per_page=1&x=1").json()["data"]["pagination"]["next"] == (
+        f"{sim.url}/passes?page=2&per_page=1&x=1"
+    )
+
+
+def test_envelope_style_per_user_overrides_the_server_wide_one(
+    sim: SimulatorServer, http: requests.Session
+) -> None:
+    """A user's own style wins; None follows the server's again; reset() restores the start style."""
+    sim.admin.seed_user(42, TOKEN, current=3, expired=0)
+    sim.admin.seed_user(43, OTHER_TOKEN, current=3, expired=0, envelope_style="spec")
+    assert sim.admin.set_envelope("next_only") == {"envelope_style": "next_only", "compress_answers": False}
+
+    def keys(token: str) -> set[str]:
+        return set(get(http, sim, "/passes?per_page=2&page=1", token).json()["data"])
+
+    assert keys(TOKEN) == {"passes", "page_count", "pagination"}
+    assert "total_count" in keys(OTHER_TOKEN)
+    assert sim.admin.set_envelope("short_page", user_id=42)["envelope_style"] == "short_page"
+    assert keys(TOKEN) == {"passes", "page_count"}
+    assert sim.admin.set_envelope(None, user_id=42)["envelope_style"] is None
+    assert keys(TOKEN) == {"passes", "page_count", "pagination"}
+    # set_user_options leaves what it is not given alone.
+    assert sim.admin.set_user_options(43, empty_pagination_style="object")["envelope_style"] == "spec"
+    sim.admin.reset()
+    assert sim.admin.options() == {"envelope_style": "spec", "compress_answers": False}
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda admin: admin.set_envelope("fancy"),
+        lambda admin: admin.set_envelope("fancy", user_id=42),
+        lambda admin: admin.seed_user(44, "tok-44", envelope_style="fancy"),
+        lambda admin: admin.set_user_options(42, compress_answers="yes"),
+        lambda admin: admin._call("PATCH", "/options", {"colour": "red"}),
+        lambda admin: admin._call("PATCH", "/users/42", {"colour": "red"}),
+    ],
+    ids=[
+        "server-style",
+        "user-style",
+        "seed-style",
+        "user-compress",
+        "unknown-option",
+        "unknown-user-option",
+    ],
+)
+def test_invalid_envelope_options_are_refused(sim: SimulatorServer, call: Any) -> None:
+    """Unknown styles, non-boolean switches and unknown option names get HTTP 400."""
+    sim.admin.seed_user(42, TOKEN)
+    with pytest.raises(SimulatorAdminError) as excinfo:
+        call(sim.admin)
+    assert excinfo.value.status == 400
+    assert sim.admin.options()["envelope_style"] == "spec"
+    assert sim.admin.user(42)["envelope_style"] is None
+
+
+def test_compress_answers_gzips_pages_for_clients_that_accept_it(
+    sim: SimulatorServer, http: requests.Session
+) -> None:
+    """With compress_answers a gzip-accepting client gets a gzip body (decoded by requests); others plain."""
+    seeded = sim.admin.seed_user(42, TOKEN, current=5, expired=0)
+    sim.admin.set_time("2024-06-15T04:30:00Z")
+    path = f"{sim.url}/passes?per_page=10&page=1"
+    plain = get(http, sim, "/passes?per_page=10&page=1")
+    assert "Content-Encoding" not in plain.headers
+    assert sim.admin.set_compression(True)["compress_answers"] is True
+    headers = {"Authorization": f"Bearer {TOKEN}", "Accept-Encoding": "gzip"}
+    with http.get(path, headers=headers, timeout=5, stream=True) as response:
+        assert response.headers["Content-Encoding"] == "gzip"
+        assert response.headers["Vary"] == "Accept-Encoding"
+        raw = response.raw.read(decode_content=False)
+    assert int(response.headers["Content-Length"]) == len(raw) < len(plain.content)
+    assert gzip.decompress(raw) == plain.content
+    decoded = get(http, sim, "/passes?per_page=10&page=1")
+    assert decoded.headers["Content-Encoding"] == "gzip"
+    assert decoded.json()["data"]["passes"] == seeded["current"]
+    for refusing in ("identity", "gzip;q=0", "br"):
+        headers["Accept-Encoding"] = refusing
+        answer = http.get(path, headers=headers, timeout=5)
+        assert "Content-Encoding" not in answer.headers
+        assert answer.content == plain.content
+    # Per user: off for 42 although on server-wide; None follows the server again.
+    sim.admin.set_compression(False, user_id=42)
+    assert "Content-Encoding" not in get(http, sim, "/passes?per_page=10&page=1").headers
+    sim.admin.set_compression(None, user_id=42)
+    assert get(http, sim, "/passes?per_page=10&page=1").headers["Content-Encoding"] == "gzip"
+    # Errors are never compressed.
+    assert "Content-Encoding" not in get(http, sim, "/passes?per_page=0").headers
 
 
 @pytest.mark.parametrize(
@@ -633,6 +839,12 @@ def test_fault_rate_is_partial_and_deterministic(sim: SimulatorServer, http: req
         {"kind": "http_500", "count": 0},
         {"kind": "http_500", "rate": 1.5},
         {"kind": "schema_break", "variant": "nope"},
+        {"kind": "unstorable_pass", "variant": "passes_not_list"},
+        {"kind": "slow_drip", "drip_bytes": 0},
+        {"kind": "slow_drip", "drip_interval_ms": -1},
+        {"kind": "gzip_bomb", "inflated_bytes": -1},
+        {"kind": "huge_body", "body_bytes": -1},
+        {"kind": "huge_list", "pass_count": -5},
     ],
 )
 def test_invalid_faults_are_refused(sim: SimulatorServer, arguments: dict[str, Any]) -> None:
@@ -656,10 +868,25 @@ def test_every_documented_fault_kind_is_accepted(sim: SimulatorServer) -> None:
         "malformed_json",
         "error_200_50020",
         "schema_break",
+        "slow_drip",
+        "gzip_bomb",
+        "deflate_bomb",
+        "huge_body",
+        "huge_list",
+        "pagination_loop",
+        "unstorable_pass",
+        "wrong_content_encoding",
+        "truncated_body",
     }
     for kind in FAULT_KINDS:
         assert sim.admin.set_fault(kind, user_id=999)["kind"] == kind
     assert len(sim.admin.faults()) == len(FAULT_KINDS)
+    described = {fault["kind"]: fault for fault in sim.admin.faults()}
+    assert described["unstorable_pass"]["variant"] == "int_overflow"
+    assert (described["slow_drip"]["drip_bytes"], described["slow_drip"]["drip_interval_ms"]) == (4, 100)
+    assert described["gzip_bomb"]["inflated_bytes"] == 1 << 30
+    assert described["huge_body"]["body_bytes"] == 64 << 20
+    assert described["huge_list"]["pass_count"] == 100_000
 
 
 # ----------------------------------------------------------------------------------- counts & concurrency
@@ -787,6 +1014,9 @@ def test_command_line_mode_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
                 "1",
                 "--user",
                 f"7:{TOKEN}",
+                "--envelope-style",
+                "absolute_next",
+                "--compress-answers",
             ],
             stdout=subprocess.PIPE,
             stderr=stderr_file,
@@ -807,6 +1037,8 @@ def test_command_line_mode_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
                 )
             assert response.status_code == 200
             assert response.json()["data"]["total_count"] == 3
+            assert response.json()["data"]["pagination"]["next"] == f"{url}/passes?page=2&per_page=2"
+            assert response.headers["Content-Encoding"] == "gzip"
             assert AdminClient(url).request_counts()["by_user"] == {"7": {"v1": 1, "v4": 0}}
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=5) == 0
@@ -820,3 +1052,13 @@ def test_command_line_mode_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert "GET /passes?per_page=2&page=1 user=7 status=200" in log
     assert TOKEN not in log
     assert "stopped" in log
+
+
+def test_command_line_lists_every_fault_kind(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--list-faults` prints one line per fault kind, with the variants of those that have some."""
+    from bytemark_simulator.__main__ import main
+
+    assert main(["--list-faults"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list(FAULT_KINDS)
+    assert "lone_surrogate" in next(line for line in lines if line.startswith("unstorable_pass"))
