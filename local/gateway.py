@@ -4,6 +4,15 @@
 authorizer would. Identity: a real deployment gets it from the authorizer; locally the caller names itself
 with the ``X-Local-User-Id`` header, accepted only when the stack was started with ``dev_identity=True``
 (the header is always stripped before the function sees it, so a function can never rely on it).
+
+The function then sees what the deployed authorizer hands it (``AuthorizerType`` in template.yaml):
+
+- ``COGNITO`` (the default, as deployed): ``requestContext.authorizer.claims`` with ``sub`` = a UUID (derived
+  from the user id, stable across runs - never the user id, as in Cognito) and the ``IDENTITY_CLAIM`` claim
+  (``custom:user_id``) = the user id as a string, plus the ID token's usual claims;
+- ``LAMBDA``: ``requestContext.authorizer`` = ``{"user_id": "<id>", "principalId": …}`` (a Lambda
+  authorizer's context).
+
 ``LocalLambdaApi`` answers boto3's ``lambda.invoke`` so the back-fill's self-continuation works locally.
 """
 
@@ -16,16 +25,66 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
 Invoke = Callable[[dict[str, Any]], Any]
+AuthorizerType = Literal["COGNITO", "LAMBDA"]
 DEV_IDENTITY_HEADER = "X-Local-User-Id"
+DEFAULT_IDENTITY_CLAIM = "custom:user_id"
+"""The template's ``IdentityClaim`` default; the stack passes the built template's value."""
+LOCAL_USER_POOL_ID = "us-east-1_LOCAL"
+LOCAL_APP_CLIENT_ID = "local-app-client"
+_SUB_NAMESPACE = uuid.UUID("7b1c2a9e-5d3f-4c8a-9e61-0f2d4b6a8c31")
+"""Fixed, so a user's local ``sub`` is the same on every run and machine."""
 _MAX_BODY_BYTES = 1024 * 1024
 
 log = logging.getLogger("local.gateway")
+
+
+def local_sub(user_id: str) -> str:
+    """The Cognito ``sub`` of a local user: a UUID derived from the user id (never the id itself)."""
+    return str(uuid.uuid5(_SUB_NAMESPACE, f"local-user:{user_id}"))
+
+
+def cognito_claims(
+    user_id: str, identity_claim: str = DEFAULT_IDENTITY_CLAIM, now: datetime | None = None
+) -> dict[str, str]:
+    """What a REST API's Cognito authorizer puts in ``requestContext.authorizer.claims`` (all strings)."""
+    if identity_claim == "sub":
+        raise ValueError("the identity claim cannot be sub: Cognito's sub is a UUID, not the user id")
+    issued = (now or datetime.now(UTC)).replace(microsecond=0)
+    sub = local_sub(user_id)
+
+    def stamp(moment: datetime) -> str:
+        # The form API Gateway gives the JWT's time claims in, e.g. "Mon Jun 02 10:00:00 UTC 2025".
+        return moment.strftime("%a %b %d %H:%M:%S UTC %Y")
+
+    return {
+        "sub": sub,
+        identity_claim: user_id,
+        "cognito:username": sub,
+        "token_use": "id",
+        "aud": LOCAL_APP_CLIENT_ID,
+        "iss": f"https://cognito-idp.us-east-1.amazonaws.com/{LOCAL_USER_POOL_ID}",
+        "auth_time": stamp(issued),
+        "iat": stamp(issued),
+        "exp": stamp(issued + timedelta(hours=1)),
+    }
+
+
+def authorizer_context(
+    user_id: str,
+    authorizer_type: AuthorizerType = "COGNITO",
+    identity_claim: str = DEFAULT_IDENTITY_CLAIM,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """``requestContext.authorizer`` for an authenticated caller, as the deployed authorizer builds it."""
+    if authorizer_type == "COGNITO":
+        return {"claims": cognito_claims(user_id, identity_claim, now)}
+    return {"user_id": user_id, "principalId": f"local|{user_id}"}
 
 
 def proxy_event(
@@ -35,12 +94,16 @@ def proxy_event(
     body: bytes,
     user_id: str | None,
     stage: str = "local",
+    *,
+    authorizer_type: AuthorizerType = "COGNITO",
+    identity_claim: str = DEFAULT_IDENTITY_CLAIM,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
     """The REST API proxy event for one request (what API Gateway hands to Lambda)."""
     parts = urlsplit(raw_path)
     query = parse_qs(parts.query, keep_blank_values=True)
     text_body = body.decode("utf-8", errors="replace") if body else None
-    now = datetime.now(UTC)
+    now = now or datetime.now(UTC)
     context: dict[str, Any] = {
         "resourcePath": parts.path,
         "httpMethod": method,
@@ -55,7 +118,7 @@ def proxy_event(
         "apiId": "local",
     }
     if user_id is not None:
-        context["authorizer"] = {"user_id": user_id, "principalId": f"local|{user_id}"}
+        context["authorizer"] = authorizer_context(user_id, authorizer_type, identity_claim, now)
     return {
         "resource": parts.path,
         "path": parts.path,
@@ -114,10 +177,21 @@ class LocalApiGateway(_LocalHttpFront):
     """HTTP on ``host:port`` → proxy event → ``invoke`` → HTTP answer."""
 
     def __init__(
-        self, invoke: Invoke, host: str = "127.0.0.1", port: int = 3000, *, dev_identity: bool
+        self,
+        invoke: Invoke,
+        host: str = "127.0.0.1",
+        port: int = 3000,
+        *,
+        dev_identity: bool,
+        authorizer_type: AuthorizerType = "COGNITO",
+        identity_claim: str = DEFAULT_IDENTITY_CLAIM,
     ) -> None:
+        if authorizer_type == "COGNITO":
+            cognito_claims("1", identity_claim)  # refuse "sub" up front, as the template's rule does
         self._invoke = invoke
         self._dev_identity = dev_identity
+        self._authorizer_type: AuthorizerType = authorizer_type
+        self._identity_claim = identity_claim
         self._local_routes: list[tuple[str, str, Callable[[str], Any]]] = []
         super().__init__(host, port, "api-gateway")
 
@@ -139,18 +213,11 @@ class LocalApiGateway(_LocalHttpFront):
             _reply(request, 413, {"Content-Type": "application/json"}, b'{"message": "Request too long"}')
             return
         body = request.rfile.read(length) if length else b""
-        headers = {
-            name: value
-            for name, value in request.headers.items()
-            if name.lower() != DEV_IDENTITY_HEADER.lower()
-        }
-        claimed = request.headers.get(DEV_IDENTITY_HEADER)
-        user_id = claimed if self._dev_identity and claimed else None
-        if user_id is None:
+        event = self.event_for(request.command, request.path, dict(request.headers.items()), body)
+        if event is None:
             # What API Gateway does when the authorizer rejects: the function is never invoked.
             _reply(request, 401, {"Content-Type": "application/json"}, b'{"message": "Unauthorized"}')
             return
-        event = proxy_event(request.command, request.path, headers, body, user_id)
         started = time.perf_counter()
         try:
             answer = self._invoke(event)
@@ -163,6 +230,55 @@ class LocalApiGateway(_LocalHttpFront):
         log.info("invoked on_demand_check in %.0f ms", (time.perf_counter() - started) * 1000)
         status, out_headers, out_body = _from_proxy_result(answer)
         _reply(request, status, out_headers, out_body)
+
+    def event_for(
+        self, method: str, raw_path: str, headers: dict[str, str], body: bytes
+    ) -> dict[str, Any] | None:
+        """The proxy event for a request, or None when the authorizer would refuse it (see request_event)."""
+        return request_event(
+            method,
+            raw_path,
+            headers,
+            body,
+            dev_identity=self._dev_identity,
+            authorizer_type=self._authorizer_type,
+            identity_claim=self._identity_claim,
+        )
+
+
+def request_event(
+    method: str,
+    raw_path: str,
+    headers: dict[str, str],
+    body: bytes,
+    *,
+    dev_identity: bool,
+    authorizer_type: AuthorizerType = "COGNITO",
+    identity_claim: str = DEFAULT_IDENTITY_CLAIM,
+    now: datetime | None = None,
+) -> dict[str, Any] | None:
+    """The proxy event the gateway hands the function for a request, or None when the authorizer would
+    refuse it (no identity: the gateway answers 401 without invoking).
+
+    The local identity header is stripped whatever happens; it is trusted only with ``dev_identity``.
+    """
+    claimed = next((v for k, v in headers.items() if k.lower() == DEV_IDENTITY_HEADER.lower()), None)
+    forwarded = {
+        name: value for name, value in headers.items() if name.lower() != DEV_IDENTITY_HEADER.lower()
+    }
+    user_id = claimed.strip() if dev_identity and claimed and claimed.strip() else None
+    if user_id is None:
+        return None
+    return proxy_event(
+        method,
+        raw_path,
+        forwarded,
+        body,
+        user_id,
+        authorizer_type=authorizer_type,
+        identity_claim=identity_claim,
+        now=now,
+    )
 
 
 def _from_proxy_result(answer: Any) -> tuple[int, dict[str, str], bytes]:

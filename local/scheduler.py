@@ -1,14 +1,33 @@
-"""Fires the back-fill schedules locally, as EventBridge Scheduler would (mode + a run id per firing)."""
+"""Fires the back-fill schedules locally, as EventBridge Scheduler would (mode + a run id per firing).
+
+The schedules and their intervals come from the built template (``due`` every 5 minutes, ``missing`` and
+``prune`` daily); ``interval_seconds`` turns a schedule expression into the local period.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 log = logging.getLogger("local.scheduler")
+
+_RATE_UNITS = {"minute": 60, "hour": 3600, "day": 86400}
+_DAILY_CRON = re.compile(r"cron\(\d+ \d+ [*?] \* [*?] \*\)")
+
+
+def interval_seconds(expression: str) -> float:
+    """The period of an EventBridge schedule expression: ``rate(N unit)`` exactly; a daily
+    ``cron(M H * * ? *)`` as 24 h (locally it fires a day after the stack starts, not at that time of day)."""
+    rate = re.fullmatch(r"rate\((\d+) (minute|hour|day)s?\)", expression.strip())
+    if rate:
+        return float(int(rate.group(1)) * _RATE_UNITS[rate.group(2)])
+    if _DAILY_CRON.fullmatch(expression.strip()):
+        return 86400.0
+    raise ValueError(f"unsupported schedule expression for the local scheduler: {expression!r}")
 
 
 def schedule_input(mode: str, at: datetime | None = None) -> dict[str, Any]:

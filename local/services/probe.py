@@ -158,7 +158,7 @@ def provision_aws() -> None:
         "RedrivePolicy": json.dumps(
             {
                 "deadLetterTargetArn": dlq_arn,
-                "maxReceiveCount": os.environ.get("UPDATE_MAX_RECEIVE_COUNT", "3"),
+                "maxReceiveCount": os.environ.get("UPDATE_MAX_RECEIVE_COUNT", "10"),
             }
         ),
     }

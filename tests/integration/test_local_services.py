@@ -304,7 +304,7 @@ def test_update_queue_has_a_redrive_policy_to_its_dlq(sqs_client: Any, local_env
     assert queue_url == local_env["UPDATE_QUEUE_URL"]
     redrive = json.loads(attributes["RedrivePolicy"])
     assert redrive["deadLetterTargetArn"] == dlq_arn
-    assert int(redrive["maxReceiveCount"]) == 3
+    assert int(redrive["maxReceiveCount"]) == 10  # as template.yaml
     assert int(attributes["VisibilityTimeout"]) >= 6 * 30  # at least 6 times the user_updates timeout
 
 

@@ -20,6 +20,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
 SAMCONFIG = ROOT / "samconfig.toml"
+OPERATIONS = ROOT / "docs" / "operations.md"
 
 SPEC_SETTINGS = {
     "MONGODB_DATABASE",
@@ -37,10 +38,50 @@ SPEC_SETTINGS = {
     "PASSES4_LIMIT",
     "MONGODB_SECRET_ARN",
     "MYSQL_SECRET_ARN",
-    "POWERTOOLS_SERVICE_NAME",
     "POWERTOOLS_METRICS_NAMESPACE",
     "POWERTOOLS_LOG_LEVEL",
 }
+# Each function's Powertools service: the "service" dimension of its metrics (one series per function).
+SERVICES = {
+    "OnDemandCheckFunction": "on-demand-check",
+    "UserUpdatesFunction": "user-updates",
+    "ScheduledBackfillFunction": "scheduled-backfill",
+}
+# The metrics the code emits, per service (docs/operations.md lists them; alarms and the dashboard use them).
+METRICS = {
+    "on-demand-check": {
+        "TicketsFromCache",
+        "TicketsRefreshQueued",
+        "TicketsSynced",
+        "TicketsBuilt",
+        "TicketsFromSharedSync",
+        "TicketsServedStale",
+        "UpstreamFailure",
+        "BytemarkTokenRevoked",
+        "ForcedSyncRateLimited",
+        "UnauthenticatedRequests",
+        "NoBytemarkAccount",
+        "RouteNotFound",
+        "InvalidEvent",
+        "StoreUnavailable",
+        "ChangedPasses",
+        "BytemarkRequests",
+        "SyncLatency",
+    },
+    "user-updates": {
+        "UsersSynced",
+        "ChangedPasses",
+        "ActivationsMarked",
+        "MessagesRetried",
+        "MessagesDeadLettered",
+        "BytemarkTokenRevoked",
+        "NoBytemarkAccount",
+        "BytemarkRequests",
+    },
+    "scheduled-backfill": {"BackfillScanned", "BackfillEnqueued", "InvalidBackfillInput", "ChangeLogPruned"},
+}
+METRICS_NAMESPACE = {"Fn::Sub": "BytemarkTicketCache/${AWS::StackName}"}
+ALARM_ACTION = {"Fn::If": ["HasAlarmTopic", {"Ref": "AlarmTopicArn"}, {"Ref": "AlarmTopic"}]}
 # AWS managed policies a role may attach: each lists its actions explicitly (no wildcard actions).
 ALLOWED_MANAGED_POLICIES = {"service-role/AWSLambdaVPCAccessExecutionRole"}
 # SAM policy templates whose expansion is scoped to the resource passed in.
@@ -186,6 +227,48 @@ def timeout_of(template: dict[str, Any], function: dict[str, Any]) -> int:
     return timeout
 
 
+def environment_of(template: dict[str, Any], function: dict[str, Any]) -> dict[str, Any]:
+    """The function's environment as SAM merges it: Globals' variables, the function's own winning."""
+    merged = dict(template["Globals"]["Function"].get("Environment", {}).get("Variables", {}))
+    merged.update(function["Properties"].get("Environment", {}).get("Variables", {}))
+    return merged
+
+
+def alarms(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Alarm logical id → its Properties."""
+    return {name: res["Properties"] for name, res in resources_of(template, "AWS::CloudWatch::Alarm").items()}
+
+
+def alarm_metrics(alarm: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every metric an alarm reads ({Namespace, MetricName, Dimensions}), single-metric or metric math."""
+    if "MetricName" in alarm:
+        return [{key: alarm.get(key) for key in ("Namespace", "MetricName", "Dimensions")}]
+    return [query["MetricStat"]["Metric"] for query in alarm["Metrics"] if "MetricStat" in query]
+
+
+def dimensions(metric: dict[str, Any]) -> dict[str, Any]:
+    return {item["Name"]: item["Value"] for item in metric.get("Dimensions") or []}
+
+
+def alias_dimensions(service: str) -> dict[str, Any]:
+    """FunctionName + Resource of the function's "live" alias, as the template writes them."""
+    return {
+        "FunctionName": {"Fn::Sub": f"${{AWS::StackName}}-{service}"},
+        "Resource": {"Fn::Sub": f"${{AWS::StackName}}-{service}:live"},
+    }
+
+
+def alarm_named(template: dict[str, Any], suffix: str) -> tuple[str, dict[str, Any]]:
+    """The alarm whose AlarmName is ``${AWS::StackName}-<suffix>``."""
+    found = [
+        (name, alarm)
+        for name, alarm in alarms(template).items()
+        if alarm["AlarmName"] == {"Fn::Sub": f"${{AWS::StackName}}-{suffix}"}
+    ]
+    assert len(found) == 1, f"no single alarm named <stack>-{suffix}: {found}"
+    return found[0]
+
+
 # ---------------------------------------------------------------- architecture and layer
 
 
@@ -241,6 +324,10 @@ def test_globals_carry_tracing_and_every_spec_setting(template: dict[str, Any]) 
     variables = globals_function["Environment"]["Variables"]
     assert set(variables) >= SPEC_SETTINGS, f"missing: {sorted(SPEC_SETTINGS - set(variables))}"
     assert variables["UPDATE_QUEUE_URL"] == {"Ref": "UpdateQueue"}
+    # One namespace per stack: dev and prod in one account never share a series.
+    assert variables["POWERTOOLS_METRICS_NAMESPACE"] == METRICS_NAMESPACE
+    # The service is per function (below), never a shared default.
+    assert "POWERTOOLS_SERVICE_NAME" not in variables
     # Secrets never sit in the environment in clear: only their ARNs do.
     assert not {"MONGODB_URI", "MYSQL_PASSWORD", "MYSQL_USER"} & set(variables)
 
@@ -248,8 +335,130 @@ def test_globals_carry_tracing_and_every_spec_setting(template: dict[str, Any]) 
 def test_function_timeouts_fit_their_triggers(template: dict[str, Any]) -> None:
     timeouts = {name: timeout_of(template, function) for name, function in functions(template).items()}
     assert timeouts["OnDemandCheckFunction"] <= 29, "API Gateway gives up after 29 s"
+    assert timeouts["OnDemandCheckFunction"] == 15
     assert timeouts["UserUpdatesFunction"] >= 30
     assert timeouts["ScheduledBackfillFunction"] >= 120
+    # Every function states its own timeout (the local stack reads them from the built template).
+    assert all("Timeout" in function["Properties"] for function in functions(template).values())
+    assert "Timeout" not in template["Globals"]["Function"]
+
+
+def test_each_function_has_its_own_metrics_service(template: dict[str, Any]) -> None:
+    services = {
+        name: function["Properties"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]
+        for name, function in functions(template).items()
+    }
+    assert services == SERVICES
+
+
+def test_on_demand_check_reads_the_identity_claim_and_a_short_bytemark_budget(
+    template: dict[str, Any],
+) -> None:
+    function = template["Resources"]["OnDemandCheckFunction"]
+    variables = function["Properties"]["Environment"]["Variables"]
+    assert variables["IDENTITY_CLAIM"] == {"Ref": "IdentityClaim"}
+    parameter = template["Parameters"]["IdentityClaim"]
+    assert parameter["Default"] == "custom:user_id"
+    assert re.fullmatch(parameter["AllowedPattern"], "custom:user_id")
+    # Cognito's sub is a UUID, never the portal's user id: a deploy naming it is refused.
+    assertions = template["Rules"]["IdentityClaimIsNotSub"]["Assertions"]
+    assert assertions[0]["Assert"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "IdentityClaim"}, "sub"]}]}
+    # Literal strings (the code parses them; the local stack copies them).
+    assert variables["BYTEMARK_TIMEOUT_SECONDS"] == "5"
+    assert variables["BYTEMARK_MAX_RETRIES"] == "1"
+    attempts = int(variables["BYTEMARK_MAX_RETRIES"]) + 1
+    assert attempts * float(variables["BYTEMARK_TIMEOUT_SECONDS"]) < timeout_of(template, function)
+
+
+def test_user_updates_dead_letters_itself_and_delays_retries(template: dict[str, Any]) -> None:
+    variables = template["Resources"]["UserUpdatesFunction"]["Properties"]["Environment"]["Variables"]
+    assert variables["UPDATE_DLQ_URL"] == {"Ref": "UpdateDeadLetterQueue"}
+    assert (variables["REDELIVERY_BASE_SECONDS"], variables["REDELIVERY_CAP_SECONDS"]) == ("60", "7200")
+
+
+def test_backfill_reads_the_change_log_retention(template: dict[str, Any]) -> None:
+    variables = template["Resources"]["ScheduledBackfillFunction"]["Properties"]["Environment"]["Variables"]
+    assert variables["CHANGE_LOG_RETENTION_DAYS"] == {"Ref": "ChangeLogRetentionDays"}
+    assert template["Parameters"]["ChangeLogRetentionDays"]["Default"] == 400
+
+
+def test_only_the_functions_that_need_them_get_the_new_settings(template: dict[str, Any]) -> None:
+    owners = {
+        "IDENTITY_CLAIM": "OnDemandCheckFunction",
+        "UPDATE_DLQ_URL": "UserUpdatesFunction",
+        "CHANGE_LOG_RETENTION_DAYS": "ScheduledBackfillFunction",
+    }
+    for variable, owner in owners.items():
+        having = {
+            name
+            for name, function in functions(template).items()
+            if variable in environment_of(template, function)
+        }
+        assert having == {owner}, variable
+
+
+# ---------------------------------------------------------------- deploys
+
+
+def test_every_function_publishes_the_live_alias_on_any_change(template: dict[str, Any]) -> None:
+    for name, function in functions(template).items():
+        assert function_setting(template, function, "AutoPublishAlias") == "live", name
+        # A configuration change (environment, timeout, layer) must publish a version too.
+        assert function["Properties"]["AutoPublishAliasAllProperties"] is True, name
+
+
+def test_deployment_preferences_shift_traffic_with_rollback_alarms(template: dict[str, Any]) -> None:
+    resources = template["Resources"]
+    preferences = {
+        name: function["Properties"]["DeploymentPreference"] for name, function in functions(template).items()
+    }
+    assert {name: pref["Type"] for name, pref in preferences.items()} == {
+        "OnDemandCheckFunction": "Canary10Percent5Minutes",
+        "UserUpdatesFunction": "Linear10PercentEvery1Minute",
+        "ScheduledBackfillFunction": "AllAtOnce",
+    }
+    for name, preference in preferences.items():
+        assert ref_target(preference["Role"]) == "DeploymentRole", name
+        for alarm in preference.get("Alarms", []):
+            assert resources[ref_target(alarm) or ""]["Type"] == "AWS::CloudWatch::Alarm", (name, alarm)
+
+    api_rollback = {ref_target(alarm) for alarm in preferences["OnDemandCheckFunction"]["Alarms"]}
+    errors, _ = alarm_named(template, "on-demand-check-errors")
+    latency, latency_alarm = alarm_named(template, "api-latency-p99")
+    server_errors, _ = alarm_named(template, "api-5xx")
+    assert api_rollback == {errors, latency, server_errors}
+    # Alias-level errors: the canary's own invocations, not $LATEST's.
+    [metric] = alarm_metrics(alarms(template)[errors])
+    assert (metric["Namespace"], metric["MetricName"]) == ("AWS/Lambda", "Errors")
+    assert dimensions(metric) == alias_dimensions("on-demand-check")
+    assert (latency_alarm["MetricName"], latency_alarm["ExtendedStatistic"]) == ("Latency", "p99")
+
+    updates_rollback = {ref_target(alarm) for alarm in preferences["UserUpdatesFunction"]["Alarms"]}
+    assert updates_rollback == {alarm_named(template, "user-updates-errors")[0]}
+
+
+def test_the_deployment_role_only_shifts_this_stacks_aliases(template: dict[str, Any]) -> None:
+    role = template["Resources"]["DeploymentRole"]["Properties"]
+    [trust] = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "codedeploy.amazonaws.com"}
+    assert "ManagedPolicyArns" not in role
+    statements = [s for policy in role["Policies"] for s in policy["PolicyDocument"]["Statement"]]
+    actions = {action for s in statements for action in strings(s["Action"])}
+    assert actions == {
+        "lambda:GetAlias",
+        "lambda:UpdateAlias",
+        "lambda:GetProvisionedConcurrencyConfig",
+        "cloudwatch:DescribeAlarms",
+    }
+    resources = [text for s in statements for res in as_list(s["Resource"]) for text in strings(res)]
+    assert all("${AWS::StackName}-" in text for text in resources), resources
+
+
+def test_the_backfill_runs_one_invocation_at_a_time(template: dict[str, Any]) -> None:
+    backfill = template["Resources"]["ScheduledBackfillFunction"]["Properties"]
+    assert backfill["ReservedConcurrentExecutions"] == 1
+    others = ("OnDemandCheckFunction", "UserUpdatesFunction")
+    assert not [n for n in others if "ReservedConcurrentExecutions" in template["Resources"][n]["Properties"]]
 
 
 # ---------------------------------------------------------------- SQS
@@ -270,8 +479,22 @@ def test_update_queue_redrives_to_the_dead_letter_queue(template: dict[str, Any]
     resources = template["Resources"]
     redrive = resources["UpdateQueue"]["Properties"]["RedrivePolicy"]
     assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": ["UpdateDeadLetterQueue", "Arn"]}
-    assert 3 <= redrive["maxReceiveCount"] <= 5
+    assert redrive["maxReceiveCount"] == 10
     assert resources["UpdateDeadLetterQueue"]["Properties"]["MessageRetentionPeriod"] == 14 * 86400
+
+
+def test_transient_failures_survive_a_six_hour_outage(template: dict[str, Any]) -> None:
+    resources = template["Resources"]
+    queue = resources["UpdateQueue"]["Properties"]
+    variables = resources["UserUpdatesFunction"]["Properties"]["Environment"]["Variables"]
+    base, cap = int(variables["REDELIVERY_BASE_SECONDS"]), int(variables["REDELIVERY_CAP_SECONDS"])
+    receives = queue["RedrivePolicy"]["maxReceiveCount"]
+    # After each of the receives the handler delays the message by min(base x 2^(n-1), cap), equal jitter.
+    ceilings = [min(base * 2 ** (receive - 1), cap) for receive in range(1, receives + 1)]
+    assert sum(ceilings) * 0.75 >= 6 * 3600, "on average a message survives about 6 h of outage"
+    assert sum(ceilings) * 0.5 >= 4 * 3600, "and never less than 4 h"
+    assert queue["MessageRetentionPeriod"] >= 4 * 86400 > sum(ceilings)
+    assert cap <= 12 * 3600, "SQS refuses visibility timeouts over 12 h"
 
 
 def test_every_queue_is_encrypted(template: dict[str, Any]) -> None:
@@ -294,6 +517,19 @@ def test_visibility_timeout_is_at_least_six_times_the_consumer_timeout(template:
 
 
 # ---------------------------------------------------------------- IAM
+
+
+def test_only_user_updates_may_write_to_the_dead_letter_queue(template: dict[str, Any]) -> None:
+    writers = set()
+    for name, role in resources_of(template, "AWS::IAM::Role").items():
+        for policy in role["Properties"].get("Policies", []):
+            for item in policy["PolicyDocument"]["Statement"]:
+                for statement in branches(item):
+                    targets = {ref_target(res) for res in as_list(statement["Resource"])}
+                    if "UpdateDeadLetterQueue" in targets:
+                        assert set(strings(statement["Action"])) == {"sqs:SendMessage"}, name
+                        writers.add(name)
+    assert writers == {"UserUpdatesRole"}
 
 
 def test_no_iam_action_uses_a_wildcard(template: dict[str, Any]) -> None:
@@ -446,16 +682,23 @@ def _is_daily(expression: str) -> bool:
     return match is not None
 
 
-def test_backfill_runs_stale_hourly_and_missing_daily(template: dict[str, Any]) -> None:
+def test_backfill_runs_due_every_5_minutes_and_missing_and_prune_daily(template: dict[str, Any]) -> None:
     function = template["Resources"]["ScheduledBackfillFunction"]
     schedules = {}
     for event in events_of(function, "Schedule", "ScheduleV2").values():
         properties = event["Properties"]
         payload = json.loads(properties["Input"])
         schedules[payload["mode"]] = (properties.get("Schedule") or properties["ScheduleExpression"], payload)
-    assert set(schedules) == {"stale", "missing"}
-    assert schedules["stale"][0] == "rate(1 hour)"
+    # "stale" is for manual runs only.
+    assert set(schedules) == {"due", "missing", "prune"}
+    assert schedules["due"][0] == "rate(5 minutes)"
     assert _is_daily(schedules["missing"][0]), schedules["missing"][0]
+    assert _is_daily(schedules["prune"][0]), schedules["prune"][0]
+    # Not at the same time: reserved concurrency 1 would make one wait behind the other.
+    assert schedules["missing"][0] != schedules["prune"][0]
+    for event in events_of(function, "ScheduleV2").values():
+        # Unique per account and region: two stacks (dev, prod) must not fight over one schedule name.
+        assert event["Properties"]["Name"]["Fn::Sub"].startswith("${AWS::StackName}-"), event
     for mode, (_expression, payload) in schedules.items():
         # The run id is the same for every retry of one firing: that is what makes retries idempotent.
         assert payload == {"mode": mode, "cursor": None, "run_id": f"{mode}:<aws.scheduler.scheduled-time>"}
@@ -471,31 +714,148 @@ def test_backfill_async_failures_are_bounded_and_kept(template: dict[str, Any]) 
 
 
 def test_a_non_empty_dead_letter_queue_raises_an_alarm(template: dict[str, Any]) -> None:
-    alarms = [
-        alarm["Properties"]
-        for alarm in resources_of(template, "AWS::CloudWatch::Alarm").values()
-        if alarm["Properties"]["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    found = [
+        alarm
+        for alarm in alarms(template).values()
+        if alarm.get("MetricName") == "ApproximateNumberOfMessagesVisible"
         and {"Name": "QueueName", "Value": {"Fn::GetAtt": ["UpdateDeadLetterQueue", "QueueName"]}}
-        in alarm["Properties"]["Dimensions"]
+        in alarm["Dimensions"]
     ]
-    assert len(alarms) == 1
-    alarm = alarms[0]
+    assert len(found) == 1
+    alarm = found[0]
     assert alarm["Namespace"] == "AWS/SQS"
     assert (alarm["ComparisonOperator"], alarm["Threshold"]) == ("GreaterThanThreshold", 0)
-    assert alarm["AlarmActions"] == {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], NO_VALUE]}
+    assert alarm["AlarmActions"] == [ALARM_ACTION]
 
 
-def test_every_function_logs_to_a_group_with_retention(template: dict[str, Any]) -> None:
+def test_every_alarm_notifies_the_alarm_topic(template: dict[str, Any]) -> None:
+    found = alarms(template)
+    assert len(found) >= 14
+    for name, alarm in found.items():
+        # ALARM and OK both notify: the given topic, else the stack's own - never no action at all.
+        assert alarm["AlarmActions"] == [ALARM_ACTION], name
+        assert alarm["OKActions"] == [ALARM_ACTION], name
+        assert alarm["AlarmName"]["Fn::Sub"].startswith("${AWS::StackName}-"), name
+    topic = template["Resources"]["AlarmTopic"]
+    assert topic["Type"] == "AWS::SNS::Topic"
+    conditions = template["Conditions"]
+    assert topic["Condition"] == "CreateAlarmTopic"
+    assert conditions["CreateAlarmTopic"] == {"Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]}
+    assert conditions["HasAlarmTopic"] == {"Fn::Not": [conditions["CreateAlarmTopic"]]}
+    subscription = template["Resources"]["AlarmEmailSubscription"]
+    assert subscription["Condition"] == "SubscribeAlarmEmail"
+    assert subscription["Properties"]["Endpoint"] == {"Ref": "AlarmEmail"}
+    assert template["Parameters"]["AlarmEmail"]["Default"] == ""
+
+
+def test_the_alarms_cover_functions_api_bytemark_backfill_and_queues(template: dict[str, Any]) -> None:
+    found = alarms(template)
+    for service in SERVICES.values():
+        [errors] = alarm_metrics(alarm_named(template, f"{service}-errors")[1])
+        assert (errors["Namespace"], errors["MetricName"]) == ("AWS/Lambda", "Errors")
+        assert dimensions(errors) == alias_dimensions(service)
+        [throttles] = alarm_metrics(alarm_named(template, f"{service}-throttles")[1])
+        assert (throttles["Namespace"], throttles["MetricName"]) == ("AWS/Lambda", "Throttles")
+        assert dimensions(throttles)["FunctionName"] == {"Fn::Sub": f"${{AWS::StackName}}-{service}"}
+
+    api = {"ApiName": {"Fn::Sub": "${AWS::StackName}-tickets"}, "Stage": {"Ref": "StageName"}}
+    server_errors = alarm_named(template, "api-5xx")[1]
+    assert {m["MetricName"] for m in alarm_metrics(server_errors)} == {"Count", "5XXError"}
+    assert all(dimensions(m) == api for m in alarm_metrics(server_errors))
+    latency = alarm_named(template, "api-latency-p99")[1]
+    assert dimensions(alarm_metrics(latency)[0]) == api
+    assert latency["Threshold"] == {"Ref": "ApiLatencyP99AlarmMs"}
+
+    outage = alarm_named(template, "bytemark-outage")[1]
+    answers = {m["MetricName"] for m in alarm_metrics(outage)}
+    assert answers == {name for name in METRICS["on-demand-check"] if name.startswith("Tickets")} | {
+        "UpstreamFailure"
+    }
+    [expression] = [q["Expression"] for q in outage["Metrics"] if q.get("ReturnData")]
+    assert {"stale", "failed", "answers"} <= set(re.findall(r"[a-z]+", expression))
+    assert outage["Threshold"] == {"Ref": "BytemarkOutageAlarmPercent"}
+
+    heartbeat = alarm_named(template, "backfill-heartbeat")[1]
+    assert heartbeat["MetricName"] == "BackfillScanned"
+    assert heartbeat["TreatMissingData"] == "breaching"
+    assert heartbeat["Period"] * heartbeat["EvaluationPeriods"] == 15 * 60
+
+    saturated = alarm_named(template, "user-updates-saturated")[1]
+    assert saturated["MetricName"] == "ConcurrentExecutions"
+    assert saturated["Threshold"] == {"Ref": "UpdatesMaximumConcurrency"}
+    assert saturated["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    assert saturated["EvaluationPeriods"] >= 3
+
+    age = alarm_named(template, "update-queue-backlog")[1]
+    assert age["MetricName"] == "ApproximateAgeOfOldestMessage"
+    assert dimensions(age) == {"QueueName": {"Fn::GetAtt": ["UpdateQueue", "QueueName"]}}
+    alarm_named(template, "update-dlq-not-empty")
+    failures = alarm_named(template, "backfill-failures")[1]
+    assert dimensions(failures) == {"QueueName": {"Fn::GetAtt": ["BackfillFailureQueue", "QueueName"]}}
+    assert len(found) == 14
+
+
+def test_custom_metric_alarms_read_metrics_the_code_emits(template: dict[str, Any]) -> None:
+    checked = 0
+    for name, alarm in alarms(template).items():
+        for metric in alarm_metrics(alarm):
+            if str(metric["Namespace"]).startswith("AWS/"):
+                continue
+            assert metric["Namespace"] == METRICS_NAMESPACE, name
+            service = dimensions(metric)
+            assert set(service) == {"service"}, name
+            assert metric["MetricName"] in METRICS[service["service"]], (name, metric["MetricName"])
+            checked += 1
+    assert checked >= 8
+
+
+def test_every_function_logs_json_to_a_group_with_retention(template: dict[str, Any]) -> None:
     groups = resources_of(template, "AWS::Logs::LogGroup")
     for name, function in functions(template).items():
-        group = ref_target(function["Properties"]["LoggingConfig"]["LogGroup"])
+        logging_config = function["Properties"]["LoggingConfig"]
+        group = ref_target(logging_config["LogGroup"])
         assert group in groups, name
         assert groups[group]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+        # JSON for the runtime's own lines too (START/END/REPORT, platform errors), not only Powertools'.
+        assert logging_config["LogFormat"] == "JSON", name
+
+
+def test_the_dashboard_shows_every_function_queue_and_metric(template: dict[str, Any]) -> None:
+    [dashboard] = resources_of(template, "AWS::CloudWatch::Dashboard").values()
+    body = dashboard["Properties"]["DashboardBody"]["Fn::Sub"]
+    assert isinstance(body, str)
+    # Valid JSON once CloudFormation has substituted (numbers for the numeric parameters).
+    numeric = {"ApiLatencyP99AlarmMs", "BytemarkOutageAlarmPercent", "UpdatesMaximumConcurrency"}
+    rendered = re.sub(r"\$\{([^}]+)\}", lambda match: "1" if match.group(1) in numeric else "x", body)
+    widgets = json.loads(rendered)["widgets"]
+    assert len(widgets) >= 10
+    for service in SERVICES.values():
+        assert f"${{AWS::StackName}}-{service}" in body, service
+    for queue in ("UpdateQueue", "UpdateDeadLetterQueue", "BackfillFailureQueue"):
+        assert f"${{{queue}.QueueName}}" in body, queue
+    assert "BytemarkTicketCache/${AWS::StackName}" in body
+    named = set(re.findall(r'"([0-9A-Z][A-Za-z0-9]+)"', body))
+    emitted = set().union(*METRICS.values())
+    assert emitted <= named, f"not on the dashboard: {sorted(emitted - named)}"
+    for metric in ("5XXError", "Latency", "Errors", "Throttles", "ConcurrentExecutions"):
+        assert metric in named, metric
+    for metric in ("ApproximateNumberOfMessagesVisible", "ApproximateAgeOfOldestMessage"):
+        assert metric in named, metric
+
+
+def test_operations_doc_covers_every_alarm_and_metric(template: dict[str, Any]) -> None:
+    text = OPERATIONS.read_text()
+    for name, alarm in alarms(template).items():
+        suffix = alarm["AlarmName"]["Fn::Sub"].removeprefix("${AWS::StackName}-")
+        assert f"`{suffix}`" in text, f"docs/operations.md has no runbook entry for {name} ({suffix})"
+    for metric in set().union(*METRICS.values()):
+        assert f"`{metric}`" in text, f"docs/operations.md does not describe {metric}"
 
 
 def test_outputs_name_the_api_queues_functions_and_layer(template: dict[str, Any]) -> None:
     expected = {"ApiUrl", "UpdateQueueUrl", "UpdateQueueArn", "UpdateDeadLetterQueueUrl", "SharedLayerArn"}
     expected |= {f"{name}Arn" for name in functions(template)}
+    expected |= {"AlarmTopicArn", "DashboardUrl"}
     assert expected <= set(template["Outputs"])
 
 
