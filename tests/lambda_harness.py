@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -19,7 +20,11 @@ def load_function(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(module_name, ROOT / "functions" / name / "app.py")
     assert spec is not None
     assert spec.loader is not None
+    if module_name in sys.modules:
+        return sys.modules[module_name]
     module = importlib.util.module_from_spec(spec)
+    # Registered before running it, as an import would: dataclasses look their module up by name.
+    sys.modules[module_name] = module
     spec.loader.exec_module(module)
     return module
 

@@ -1,24 +1,30 @@
-"""on_demand_check: API Gateway (REST) → the caller's tickets. GET /tickets, POST /tickets/sync (SPEC §7)."""
+"""on_demand_check: API Gateway (REST, proxy) → the caller's tickets. GET /tickets, POST /tickets/sync.
+
+Thin (docs/contract.md §7): the caller is who the authorizer vouched for, the deadline comes from the
+Lambda context, the answer from one use case, and every failure is answered from one table (ANSWERS).
+"""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from bytemark_cache.bootstrap import Services, build_services
+from bytemark_cache.bootstrap import LazyServices, Services
+from bytemark_cache.domain.deadline import Deadline
+from bytemark_cache.domain.identity import caller_id
 from bytemark_cache.domain.views import body_etag, tickets_body
 from bytemark_cache.errors import (
+    BytemarkCacheError,
     ConfigError,
+    InvalidInput,
     NoBytemarkAccount,
     RateLimited,
     StoreError,
@@ -26,66 +32,169 @@ from bytemark_cache.errors import (
     TokenRevoked,
     UpstreamError,
 )
+from bytemark_cache.logs import observability
 from bytemark_cache.services import CheckResult
 
-logger = Logger()
-# Namespace from POWERTOOLS_METRICS_NAMESPACE (set in template Globals); the default keeps local runs valid.
-metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "BytemarkTicketCache"))
+logger, metrics = observability()
 app = APIGatewayRestResolver()
+SERVICES = LazyServices()
 
-_services: Services | None = None
+API_GATEWAY_LIMIT_SECONDS = 29.0
+"""API Gateway gives up on the integration after 29 s, whatever the function's timeout."""
+
+SAFETY_MARGIN_SECONDS = 1.5
+"""Left after the deadline to serve the cache (one MongoDB read at most) and send the answer."""
+
+SOURCE_METRICS = {
+    "cache": "TicketsFromCache",
+    "refresh_queued": "TicketsRefreshQueued",
+    "synced": "TicketsSynced",
+    "built": "TicketsBuilt",
+    "shared": "TicketsFromSharedSync",
+    "stale": "TicketsServedStale",
+}
+"""How each answer with tickets came to be, as the metric that counts it."""
 
 
-class Unauthenticated(Exception):
+class Unauthenticated(BytemarkCacheError):
     """The request carries no usable identity from the authorizer."""
 
 
-def _get_services() -> Services:
-    # Built once per execution environment, on first use (not at import, so a bad config is a clean 500).
-    global _services
-    if _services is None:
-        _services = build_services()
-    return _services
+class NotAnApiEvent(InvalidInput):
+    """The event is not an API Gateway REST proxy request."""
 
 
-def _caller_id() -> int:
-    """The authenticated user: the authorizer's claims.sub (JWT/Cognito) or user_id (Lambda authorizer)."""
-    authorizer = app.current_event.request_context.authorizer
-    claims = authorizer.claims or {}
-    raw = claims.get("sub") or authorizer.get("user_id")
-    if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0:
-        return raw
-    if isinstance(raw, str) and raw.isdigit() and int(raw) > 0:
-        return int(raw)
-    raise Unauthenticated
+@dataclass(frozen=True)
+class Answer:
+    """How one kind of failure is answered: status, error code, message, metric, Retry-After, log level.
+
+    ``retry_after`` is the default; an error that carries its own ``retry_after`` (429, Bytemark's 503)
+    overrides it.
+    """
+
+    status: int
+    code: str
+    message: str
+    metric: str | None = None
+    retry_after: float | None = None
+    log: Literal["none", "warning", "error", "exception"] = "none"
 
 
-def _error(status: int, code: str, message: str, retry_after: float | None = None) -> Response[str]:
-    headers = {"Cache-Control": "no-store"}
+ANSWERS: dict[type[BaseException], Answer] = {
+    Unauthenticated: Answer(
+        401, "unauthenticated", "no caller identity from the authorizer", "UnauthenticatedRequests"
+    ),
+    NotAnApiEvent: Answer(
+        400, "invalid_event", "not an API Gateway proxy request", "InvalidEvent", log="warning"
+    ),
+    NoBytemarkAccount: Answer(
+        404, "no_bytemark_account", "this user has no linked Bytemark account", "NoBytemarkAccount"
+    ),
+    RateLimited: Answer(429, "rate_limited", "a sync was requested moments ago", "ForcedSyncRateLimited", 10),
+    TokenRevoked: Answer(
+        409,
+        "bytemark_token_revoked",
+        "the Bytemark account link expired; sign in to Bytemark again",
+        "BytemarkTokenRevoked",
+    ),
+    UpstreamError: Answer(
+        503, "upstream_unavailable", "tickets are unavailable right now", "UpstreamFailure", 30, "warning"
+    ),
+    SyncInProgress: Answer(503, "sync_in_progress", "tickets are being loaded", "SyncInProgress", 2),
+    StoreError: Answer(
+        503, "cache_unavailable", "tickets are unavailable right now", "StoreUnavailable", 5, "error"
+    ),
+    ConfigError: Answer(500, "misconfigured", "the service is misconfigured", "Misconfigured", None, "error"),
+    Exception: Answer(
+        500, "internal_error", "something went wrong; it has been logged", "InternalErrors", None, "exception"
+    ),
+}
+"""Every failure the API answers, by error type (the most specific entry of the error's classes wins)."""
+
+
+def answer_parts(exc: BaseException) -> tuple[int, dict[str, str], str]:
+    """Status, headers and JSON body for ``exc`` from ANSWERS; counts and logs it as the table says."""
+    answer = next(ANSWERS[kind] for kind in type(exc).__mro__ if kind in ANSWERS)
+    if answer.metric is not None:
+        metrics.add_metric(name=answer.metric, unit=MetricUnit.Count, value=1)
+    if answer.log == "exception":
+        logger.exception("request failed", error=type(exc).__name__)
+    elif answer.log != "none":
+        getattr(logger, answer.log)("request failed", error=type(exc).__name__, reason=str(exc)[:300])
+    headers = {"Content-Type": "application/json", "Cache-Control": "no-store"}
+    retry_after = getattr(exc, "retry_after", None) or answer.retry_after
     if retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return answer.status, headers, json.dumps({"error": answer.code, "message": answer.message})
+
+
+@app.exception_handler(Exception)
+def _answer_failure(exc: Exception) -> Response[str]:
+    status, headers, body = answer_parts(exc)
+    return Response(status_code=status, body=body, headers=headers)
+
+
+@app.not_found
+def _not_found(_exc: Exception) -> Response[str]:
+    metrics.add_metric(name="RouteNotFound", unit=MetricUnit.Count, value=1)
     return Response(
-        status_code=status,
+        status_code=404,
         content_type="application/json",
-        body=json.dumps({"error": code, "message": message}),
-        headers=headers,
+        body=json.dumps({"error": "not_found", "message": "no such route"}),
+        headers={"Cache-Control": "no-store"},
     )
 
 
-def _tickets_response(result: CheckResult, started: float) -> Response[str]:
-    services: Services = app.context["services"]
-    settings = services.settings
-    metrics.add_metric(name=f"Cache_{result.source}", unit=MetricUnit.Count, value=1)
+@app.get("/tickets")
+def get_tickets() -> Response[str]:
+    """The caller's tickets: from the cache when fresh enough, else synced first or refreshed behind."""
+    return _answer_caller(
+        lambda services, user_id, deadline: services.tickets.check_with_ttl(user_id, deadline=deadline)
+    )
+
+
+@app.post("/tickets/sync")
+def sync_tickets() -> Response[str]:
+    """A forced sync of the caller's tickets, rate-limited per user."""
+    return _answer_caller(
+        lambda services, user_id, deadline: services.tickets.forced_check(
+            user_id, deadline=deadline, min_interval_seconds=services.settings.forced_sync_interval_seconds
+        )
+    )
+
+
+def _answer_caller(check: Callable[[Services, int, Deadline], CheckResult]) -> Response[str]:
+    """Run ``check`` for the authenticated caller before the deadline and answer with the tickets."""
+    services: Services = app.context.get("services") or SERVICES.get()
+    authorizer = (app.current_event.raw_event.get("requestContext") or {}).get("authorizer")
+    user_id = caller_id(authorizer, services.settings.identity_claim)
+    if user_id is None:
+        raise Unauthenticated
+    logger.append_keys(user_id=user_id)
+    now = services.tickets.now()
+    remaining = app.lambda_context.get_remaining_time_in_millis() / 1000
+    budget = min(remaining, API_GATEWAY_LIMIT_SECONDS) - SAFETY_MARGIN_SECONDS
+    requests_before = _bytemark_requests(services)
+    result = check(services, user_id, Deadline.after(now, budget))
+    metrics.add_metric(name=SOURCE_METRICS[result.source], unit=MetricUnit.Count, value=1)
+    sent = _bytemark_requests(services) - requests_before
+    if sent:
+        metrics.add_metric(name="BytemarkRequests", unit=MetricUnit.Count, value=sent)
     if result.called_upstream:
-        metrics.add_metric(name="UpstreamCalls", unit=MetricUnit.Count, value=1)
-        elapsed_ms = (time.perf_counter() - started) * 1000
+        elapsed_ms = (services.tickets.now() - now) * 1000
         metrics.add_metric(name="SyncLatency", unit=MetricUnit.Milliseconds, value=elapsed_ms)
     if result.changed_passes:
         metrics.add_metric(name="ChangedPasses", unit=MetricUnit.Count, value=result.changed_passes)
+    return _tickets_response(services, result)
+
+
+def _tickets_response(services: Services, result: CheckResult) -> Response[str]:
+    settings = services.settings
     body = tickets_body(
-        result.document,
+        result.cache,
         now=services.tickets.now(),
         stale=result.stale,
+        refreshing=result.source == "refresh_queued",
         day_pass_label=settings.day_pass_label,
         timezone=settings.agency_timezone,
     )
@@ -101,118 +210,40 @@ def _tickets_response(result: CheckResult, started: float) -> Response[str]:
 
 
 def _if_none_match() -> set[str]:
-    raw = (
-        app.current_event.headers.get("If-None-Match") or app.current_event.headers.get("if-none-match") or ""
-    )
+    headers = app.current_event.headers or {}
+    raw = headers.get("If-None-Match") or headers.get("if-none-match") or ""
     return {tag.strip() for tag in raw.split(",") if tag.strip()}
 
 
-@app.get("/tickets")
-def get_tickets() -> Response[str]:
-    """The caller's tickets: served from the cache within the TTL, else synced first."""
-    return _answer_caller(lambda services, user_id: services.tickets.check_with_ttl(user_id))
+def _bytemark_requests(services: Services) -> int:
+    return int(getattr(services.source, "requests_sent", 0))
 
 
-@app.post("/tickets/sync")
-def sync_tickets() -> Response[str]:
-    """A forced sync of the caller's tickets, rate-limited per user."""
-    return _answer_caller(
-        lambda services, user_id: services.tickets.forced_check(
-            user_id, services.settings.forced_sync_interval_seconds
-        )
+def is_proxy_event(event: object) -> bool:
+    """True when ``event`` has the shape of an API Gateway REST proxy request."""
+    if not isinstance(event, dict):
+        return False
+    return (
+        isinstance(event.get("httpMethod"), str)
+        and isinstance(event.get("path"), str)
+        and isinstance(event.get("requestContext"), dict)
+        and isinstance(event.get("headers") or {}, dict)
+        and isinstance(event.get("multiValueHeaders") or {}, dict)
+        and isinstance(event.get("queryStringParameters") or {}, dict)
+        and isinstance(event.get("body") or "", str)
     )
-
-
-def _answer_caller(check: Callable[[Services, int], CheckResult]) -> Response[str]:
-    """Run ``check`` for the authenticated caller and answer with its tickets (timed for the metrics)."""
-    user_id = _caller_id()
-    logger.append_keys(user_id=user_id)
-    started = time.perf_counter()
-    return _tickets_response(check(app.context["services"], user_id), started)
-
-
-@app.exception_handler(Unauthenticated)
-def _unauthenticated(_exc: Unauthenticated) -> Response[str]:
-    metrics.add_metric(name="Unauthenticated", unit=MetricUnit.Count, value=1)
-    return _error(401, "unauthenticated", "no caller identity from the authorizer")
-
-
-@app.exception_handler(NoBytemarkAccount)
-def _no_account(_exc: NoBytemarkAccount) -> Response[str]:
-    metrics.add_metric(name="NoBytemarkAccount", unit=MetricUnit.Count, value=1)
-    return _error(404, "no_bytemark_account", "this user has no linked Bytemark account")
-
-
-@app.exception_handler(RateLimited)
-def _rate_limited(exc: RateLimited) -> Response[str]:
-    metrics.add_metric(name="SyncRateLimited", unit=MetricUnit.Count, value=1)
-    return _error(429, "rate_limited", "a sync was requested moments ago", exc.retry_after)
-
-
-@app.exception_handler(TokenRevoked)
-def _token_revoked(_exc: TokenRevoked) -> Response[str]:
-    metrics.add_metric(name="TokenRevoked", unit=MetricUnit.Count, value=1)
-    return _error(
-        409, "bytemark_token_revoked", "the Bytemark account link expired; sign in to Bytemark again"
-    )
-
-
-@app.exception_handler(UpstreamError)
-def _upstream(exc: UpstreamError) -> Response[str]:
-    metrics.add_metric(name="UpstreamFailure", unit=MetricUnit.Count, value=1)
-    logger.warning("bytemark unavailable and no cache", error=str(exc))
-    return _error(503, "upstream_unavailable", "tickets are unavailable right now", exc.retry_after or 30)
-
-
-@app.exception_handler(SyncInProgress)
-def _in_progress(_exc: SyncInProgress) -> Response[str]:
-    return _error(503, "sync_in_progress", "tickets are being loaded", 2)
-
-
-@app.exception_handler(StoreError)
-def _store(exc: StoreError) -> Response[str]:
-    logger.exception("cache store failed")
-    return _error(503, "cache_unavailable", "tickets are unavailable right now", 5)
-
-
-@app.exception_handler(ConfigError)
-def _config(exc: ConfigError) -> Response[str]:
-    logger.error("invalid configuration", problems=exc.problems)
-    return _error(500, "misconfigured", "the service is misconfigured")
-
-
-@app.exception_handler(Exception)
-def _unexpected(_exc: Exception) -> Response[str]:
-    logger.exception("unexpected failure")
-    return _error(500, "internal_error", "something went wrong; it has been logged")
-
-
-@app.not_found
-def _not_found(_exc: Exception) -> Response[str]:
-    metrics.add_metric(name="RouteNotFound", unit=MetricUnit.Count, value=1)
-    return _error(404, "not_found", "no such route")
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
 @metrics.log_metrics
-def lambda_handler(
-    event: dict[str, Any], context: LambdaContext, services: Services | None = None
-) -> dict[str, Any]:
+def lambda_handler(event: Any, context: LambdaContext, services: Services | None = None) -> dict[str, Any]:
     """Entry point; ``services`` lets tests pass their own (fakes or a configured stack)."""
+    if not is_proxy_event(event):
+        status, headers, body = answer_parts(NotAnApiEvent("not an API Gateway proxy request"))
+        return {"statusCode": status, "headers": headers, "body": body}
+    app.append_context(services=services)
     try:
-        app.append_context(services=services or _get_services())
-    except ConfigError as exc:
-        logger.error("invalid configuration", problems=exc.problems)
-        return _plain_error(500, "misconfigured", "the service is misconfigured")
-    except StoreError:
-        logger.exception("cache store unreachable at start")
-        return _plain_error(503, "cache_unavailable", "tickets are unavailable right now", retry_after=5)
-    return app.resolve(event, context)
-
-
-def _plain_error(status: int, code: str, message: str, retry_after: int | None = None) -> dict[str, Any]:
-    """An API Gateway proxy answer for failures before the resolver runs."""
-    headers = {"Content-Type": "application/json", "Cache-Control": "no-store"}
-    if retry_after is not None:
-        headers["Retry-After"] = str(retry_after)
-    return {"statusCode": status, "headers": headers, "body": json.dumps({"error": code, "message": message})}
+        return app.resolve(event, context)
+    except Exception as exc:  # noqa: BLE001 - route failures are answered inside; this is the event itself
+        status, headers, body = answer_parts(NotAnApiEvent(f"unusable event ({type(exc).__name__})"))
+        return {"statusCode": status, "headers": headers, "body": body}

@@ -1,38 +1,32 @@
-"""scheduled_backfill: EventBridge schedule → enqueue users with no (or a stale) cache (SPEC §7).
+"""scheduled_backfill: EventBridge Scheduler → the back-fill (contract §7): due, missing, stale, prune.
 
 A run that nears the Lambda time limit records its cursor and hands it on to a fresh invocation, so a
-million users finish across invocations; EventBridge's retries of one run resume it instead of repeating it.
+million users finish across invocations; EventBridge's retries of one run resume it instead of repeating
+it. Bad input is answered (never retried); a transient failure raises, so EventBridge retries the run.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from bytemark_cache.bootstrap import Services, build_services
+from bytemark_cache.bootstrap import LazyServices, Services
 from bytemark_cache.domain.messages import parse_backfill_request
-from bytemark_cache.errors import InvalidInput
+from bytemark_cache.errors import BytemarkCacheError, ConfigError, InvalidInput
+from bytemark_cache.logs import observability
 from bytemark_cache.ports import Continuation
 
-logger = Logger()
-# Namespace from POWERTOOLS_METRICS_NAMESPACE (set in template Globals); the default keeps local runs valid.
-metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "BytemarkTicketCache"))
+logger, metrics = observability()
+SERVICES = LazyServices()
 
 SAFETY_MARGIN_MS = 30_000
 """Stop scanning when less than this is left: one page (MySQL + MongoDB + SQS) must still fit."""
 
-_services: Services | None = None
 
-
-def _get_services() -> Services:
-    global _services
-    if _services is None:
-        _services = build_services()
-    return _services
+class BackfillFailed(Exception):
+    """A transient failure: raised so EventBridge retries the run (which resumes from its progress)."""
 
 
 def _lambda_continuation(context: LambdaContext) -> Continuation:
@@ -44,7 +38,7 @@ def _lambda_continuation(context: LambdaContext) -> Continuation:
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 def lambda_handler(
-    event: dict[str, Any],
+    event: Any,
     context: LambdaContext,
     services: Services | None = None,
     continuation: Continuation | None = None,
@@ -58,17 +52,32 @@ def lambda_handler(
         logger.error("invalid back-fill input", reason=str(exc))
         return {"error": "invalid_input", "message": str(exc)}
     logger.append_keys(mode=request.mode, run_id=request.run_id)
-    resolved = services or _get_services()
-    result = resolved.tickets.backfill_run(
-        request, should_stop=lambda: context.get_remaining_time_in_millis() < SAFETY_MARGIN_MS
-    )
-    summary = result.to_dict()
-    if result.cursor is not None:
-        (continuation or _lambda_continuation(context)).continue_backfill(
-            {"mode": result.mode, "cursor": result.cursor, "run_id": result.run_id}
+    try:
+        resolved = services or SERVICES.get()
+        if resolved.backfill is None:
+            raise ConfigError(["UPDATE_QUEUE_URL is required by the back-fill"])
+        result = resolved.backfill.run(
+            request, should_stop=lambda: context.get_remaining_time_in_millis() < SAFETY_MARGIN_MS
         )
-        summary["continued"] = True
+        summary = result.to_dict()
+        if result.cursor is not None:
+            (continuation or _lambda_continuation(context)).continue_backfill(
+                {"mode": result.mode, "cursor": result.cursor, "run_id": result.run_id}
+            )
+            summary["continued"] = True
+    except BytemarkCacheError as exc:
+        metrics.add_metric(name="BackfillScanned", unit=MetricUnit.Count, value=0)
+        if not exc.transient:
+            logger.error("back-fill cannot run", error=type(exc).__name__, reason=str(exc)[:300])
+            return {"error": "failed", "message": str(exc)}
+        logger.warning(
+            "back-fill failed; EventBridge retries the run", error=type(exc).__name__, reason=str(exc)[:300]
+        )
+        raise BackfillFailed(f"{type(exc).__name__}: the run resumes on retry") from None
+    # Published by every run, 0 included: the heartbeat alarm breaches when it goes missing.
     metrics.add_metric(name="BackfillScanned", unit=MetricUnit.Count, value=result.scanned)
     metrics.add_metric(name="BackfillEnqueued", unit=MetricUnit.Count, value=result.enqueued)
+    if request.mode == "prune":
+        metrics.add_metric(name="ChangeLogPruned", unit=MetricUnit.Count, value=result.pruned)
     logger.info("back-fill invocation done", extra=summary)
     return summary

@@ -1,30 +1,48 @@
-"""user_updates: SQS batch → sync each user at once (SPEC §7), reporting exactly the records that failed."""
+"""user_updates: SQS batch → sync each named user at once (contract §7), reporting exactly what failed.
+
+Each failure is classified once (``transient`` on the project's errors):
+- a revoked token or no Bytemark account: acknowledged and counted (retrying cannot help, the cache stays);
+- permanent (a malformed message, an answer that breaks the contract): sent to the dead-letter queue at
+  once, with the reason, and acknowledged;
+- transient (an outage of Bytemark, MongoDB or MySQL): reported as a batch item failure and hidden for a
+  growing delay per receive (``redelivery_delay``), so a message outlives an outage of hours.
+"""
 
 from __future__ import annotations
 
-import os
+import random
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from bytemark_cache.bootstrap import Services, build_services
+from bytemark_cache.bootstrap import LazyServices, Services
+from bytemark_cache.domain.backoff import redelivery_delay
+from bytemark_cache.domain.deadline import Deadline
 from bytemark_cache.domain.messages import parse_update_message
-from bytemark_cache.errors import InvalidInput, NoBytemarkAccount, TokenRevoked
+from bytemark_cache.errors import (
+    BytemarkCacheError,
+    InvalidInput,
+    NoBytemarkAccount,
+    StoreError,
+    TokenRevoked,
+)
+from bytemark_cache.logs import observability
 
-logger = Logger()
-# Namespace from POWERTOOLS_METRICS_NAMESPACE (set in template Globals); the default keeps local runs valid.
-metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "BytemarkTicketCache"))
+logger, metrics = observability()
+SERVICES = LazyServices()
 
 MAX_CONCURRENT_SYNCS = 4
 """Records of one batch synced at once; bounded so Bytemark's rate limit and MySQL see a small burst."""
 
-_services: Services | None = None
+SAFETY_MARGIN_SECONDS = 5.0
+"""The batch's syncs end this long before the function's timeout, so the failures are still reported."""
+
+_rng = random.Random()
 
 
 class ConcurrentBatchProcessor(BatchProcessor):
@@ -42,68 +60,118 @@ class ConcurrentBatchProcessor(BatchProcessor):
 processor = ConcurrentBatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
-def _get_services() -> Services:
-    global _services
-    if _services is None:
-        _services = build_services()
-    return _services
-
-
-def sync_record(record: SQSRecord, services: Services) -> str:
-    """Sync the user named by one message; what is worth retrying raises, the rest is acknowledged."""
+def sync_record(record: SQSRecord, services: Services, deadline: Deadline) -> str:
+    """Sync the user one message names; a transient failure raises (retried later), the rest is settled."""
+    logger.thread_safe_clear_keys()
+    logger.thread_safe_append_keys(message_id=record.message_id)
     try:
         message = parse_update_message(record.body)
     except InvalidInput as exc:
-        metrics.add_metric(name="MalformedMessage", unit=MetricUnit.Count, value=1)
-        logger.error("malformed update message", message_id=record.message_id, reason=str(exc))
-        raise
-    log_keys: dict[str, object] = {
-        "message_id": record.message_id,
-        "user_id": message.user_id,
-        "reason": message.reason,
-    }
-    if message.reason == "activation" and message.pass_uuid:
-        marked = services.tickets.mark_activation(message.user_id, message.pass_uuid)
-        logger.info("activation marked", extra={**log_keys, "marked": marked})
+        return _dead_letter(record, services, f"malformed message: {exc}")
+    logger.thread_safe_append_keys(user_id=message.user_id, reason=message.reason)
     try:
-        result = services.tickets.sync(message.user_id)
-    except (TokenRevoked, NoBytemarkAccount) as exc:
-        return _acknowledge(exc, log_keys)
+        activation = message.reason == "activation" and message.pass_uuid
+        if activation and services.tickets.mark_activation(
+            message.user_id, message.pass_uuid or "", deadline=deadline
+        ):
+            metrics.add_metric(name="ActivationsMarked", unit=MetricUnit.Count, value=1)
+        result = services.tickets.sync(message.user_id, deadline=deadline, reason=message.reason)
+    except TokenRevoked:
+        metrics.add_metric(name="BytemarkTokenRevoked", unit=MetricUnit.Count, value=1)
+        logger.warning("bytemark token revoked; message acknowledged, cache kept")
+        return "token_revoked"
+    except NoBytemarkAccount:
+        metrics.add_metric(name="NoBytemarkAccount", unit=MetricUnit.Count, value=1)
+        logger.warning("user has no Bytemark account; message acknowledged")
+        return "no_bytemark_account"
+    except BytemarkCacheError as exc:
+        if not exc.transient:
+            return _dead_letter(record, services, f"{type(exc).__name__}: {exc}")
+        _retry_later(record, services, exc)
+        raise
     except Exception as exc:
-        # Reported for retry (then the DLQ): say why, or on-call sees only a failure count.
-        logger.warning("sync failed; will be retried", extra={**log_keys, "error": type(exc).__name__})
+        # Unexpected: logged with its trace, and retried like an outage (the DLQ catches a persistent one).
+        logger.exception("sync failed unexpectedly; will be retried")
+        _retry_later(record, services, exc)
         raise
     metrics.add_metric(name="UsersSynced", unit=MetricUnit.Count, value=1)
     if result.changed_passes:
         metrics.add_metric(name="ChangedPasses", unit=MetricUnit.Count, value=result.changed_passes)
-    logger.info("user synced", extra={**log_keys, "source": result.source, "changed": result.changed_passes})
+    logger.info("user synced", source=result.source, changed=result.changed_passes)
     return result.source
 
 
-def _acknowledge(exc: TokenRevoked | NoBytemarkAccount, log_keys: dict[str, object]) -> str:
-    """Failures retrying cannot fix: acknowledge the message, keep the cache, count and log them."""
-    if isinstance(exc, TokenRevoked):
-        metrics.add_metric(name="TokenRevoked", unit=MetricUnit.Count, value=1)
-        logger.warning("bytemark token revoked; message acknowledged", extra=log_keys)
-        return "token_revoked"
-    metrics.add_metric(name="NoBytemarkAccount", unit=MetricUnit.Count, value=1)
-    logger.warning("user has no Bytemark account; message acknowledged", extra=log_keys)
-    return "no_bytemark_account"
+def _retry_later(record: SQSRecord, services: Services, exc: BaseException) -> None:
+    """Hide the message for the next step of the redelivery schedule (SQS's own timeout if that fails)."""
+    receive_count = _receive_count(record)
+    settings = services.settings
+    delay = redelivery_delay(
+        receive_count, _rng, base=settings.redelivery_base_seconds, cap=settings.redelivery_cap_seconds
+    )
+    metrics.add_metric(name="MessagesRetried", unit=MetricUnit.Count, value=1)
+    logger.warning(
+        "sync failed; will be retried",
+        error=type(exc).__name__,
+        receive_count=receive_count,
+        delay_seconds=delay,
+    )
+    if services.redelivery is None:
+        return
+    try:
+        services.redelivery.retry_later(record.receipt_handle, delay)
+    except StoreError as error:
+        logger.warning("retry delay not set; the queue's visibility timeout applies", error=str(error))
+
+
+def _dead_letter(record: SQSRecord, services: Services, reason: str) -> str:
+    """Send a message that can never succeed to the DLQ at once; if that fails, it is retried instead."""
+    logger.error("message can never succeed; sent to the dead-letter queue", reason=reason[:300])
+    if services.redelivery is None:
+        raise StoreError("no dead-letter queue to send a permanent failure to")
+    services.redelivery.dead_letter(record.body, reason, record.message_id)
+    metrics.add_metric(name="MessagesDeadLettered", unit=MetricUnit.Count, value=1)
+    return "dead_lettered"
+
+
+def _receive_count(record: SQSRecord) -> int:
+    try:
+        return max(1, int(record.attributes.approximate_receive_count))
+    except (KeyError, TypeError, ValueError):
+        return 1
 
 
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 def lambda_handler(
-    event: dict[str, Any], context: LambdaContext, services: Services | None = None
+    event: Any, context: LambdaContext, services: Services | None = None
 ) -> PartialItemFailureResponse:
     """Entry point; ``services`` lets tests pass their own."""
-    resolved = services or _get_services()
+    records = event.get("Records") if isinstance(event, dict) else None
+    # Published by every invocation (an empty batch too), so no invocation flushes empty metrics.
+    metrics.add_metric(name="MessagesReceived", unit=MetricUnit.Count, value=len(records or []))
+    if not isinstance(records, list):
+        logger.error("not an SQS event; nothing to process", event_type=type(event).__name__)
+        return {"batchItemFailures": []}
+    try:
+        resolved = services or SERVICES.get()
+    except BytemarkCacheError as exc:
+        # The whole batch comes back after the queue's visibility timeout (and ends in the DLQ if this lasts).
+        logger.error(
+            "services unavailable; the batch will be retried", error=type(exc).__name__, reason=str(exc)[:300]
+        )
+        raise
+    now = resolved.tickets.now()
+    deadline = Deadline.after(now, context.get_remaining_time_in_millis() / 1000 - SAFETY_MARGIN_SECONDS)
+    requests_before = int(getattr(resolved.source, "requests_sent", 0))
     response = process_partial_response(
         event=event,
-        record_handler=lambda record: sync_record(record, resolved),
+        record_handler=lambda record: sync_record(record, resolved, deadline),
         processor=processor,
         context=context,
     )
+    sent = int(getattr(resolved.source, "requests_sent", 0)) - requests_before
+    if sent:
+        metrics.add_metric(name="BytemarkRequests", unit=MetricUnit.Count, value=sent)
     failures = response.get("batchItemFailures", [])
     if failures:
         logger.warning(

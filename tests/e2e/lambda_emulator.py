@@ -297,11 +297,11 @@ class CacheDatabase:
         database = self.client[self.name]
         self.cache: Collection[dict[str, Any]] = database[parsed.cache_collection]
         self.log: Collection[dict[str, Any]] = database[parsed.log_collection]
-        self.leases: Collection[dict[str, Any]] = database[parsed.lease_collection]
+        self.claims: Collection[dict[str, Any]] = database[parsed.claim_collection]
 
     def document(self, user_id: int) -> dict[str, Any] | None:
-        """The user's cache document (without ``_id``), or None."""
-        return self.cache.find_one({"user_id": user_id}, {"_id": 0})
+        """The user's cache document (without ``_id`` and the pending log), or None."""
+        return self.cache.find_one({"user_id": user_id}, {"_id": 0, "log_pending": 0})
 
     def log_entries(self, user_id: int) -> list[dict[str, Any]]:
         """The user's change-log entries, oldest first."""
@@ -313,18 +313,18 @@ class CacheDatabase:
         assert result.matched_count == 1, f"user {user_id} has no cache document to age"
 
     def insert_cache(self, user_id: int, timestamp: int) -> None:
-        """A minimal SPEC §4 cache document (no passes) synced at ``timestamp``."""
+        """A minimal contract §4 cache document (no passes) synced at ``timestamp``."""
         self.cache.insert_one({"user_id": user_id, "timestamp": timestamp, "passes": [], "passes4": []})
 
     def forget(self, user_ids: Iterable[int]) -> None:
-        """Remove everything the functions stored about ``user_ids``: cache, change log, leases."""
+        """Remove everything the functions stored about ``user_ids``: cache, change log, claims, throttles."""
         ids = list(user_ids)
         if not ids:
             return
         self.cache.delete_many({"user_id": {"$in": ids}})
         self.log.delete_many({"user_id": {"$in": ids}})
-        lease_ids: list[Any] = [*ids, *(f"throttle:forced-sync:{user_id}" for user_id in ids)]
-        self.leases.delete_many({"_id": {"$in": lease_ids}})
+        self.claims.delete_many({"user_id": {"$in": ids}})
+        self.claims.delete_many({"_id": {"$in": [f"throttle:forced-sync:{user_id}" for user_id in ids]}})
 
     def drop(self) -> None:
         """Drop the whole database (only for the throw-away per-session one)."""

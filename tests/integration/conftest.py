@@ -5,8 +5,8 @@ not answer fails the test with the command that starts it — never a skip, so a
 the servers were really exercised.
 
 Isolation: every resource is named ``btc_test_…`` / ``btc-test-…`` and removed afterwards.
-- MongoDB: ``mongo_db`` is the session's database, dropped around each test; ``collection_names`` are
-  unique to the test; ``monitored_cache_store`` records what its own client sends.
+- MongoDB: ``mongo_db`` is the session's database, dropped around each test; ``collection_names`` (cache,
+  log, claims) are unique to the test; ``monitored_cache_store`` records what its own client sends.
 - MySQL: ``mysql_database`` is created once per session from local/migrations/*.sql; ``mysql_conn``
   empties ``bytemark_tokens`` around each test (and may KILL the application's connections).
 - SQS: ``update_queue`` is a queue and its dead-letter queue made for the test alone.
@@ -36,6 +36,7 @@ from pymongo.errors import PyMongoError
 from pymongo.monitoring import CommandFailedEvent, CommandListener, CommandStartedEvent, CommandSucceededEvent
 from pymysql.constants import CLIENT
 
+from bytemark_cache.adapters.mongo_indexes import ensure_indexes
 from bytemark_cache.adapters.mongo_store import MongoCacheStore, connect
 from bytemark_cache.config import Settings
 from bytemark_cache.errors import StoreError
@@ -154,17 +155,17 @@ def mongo_db(mongo_client: pymongo.MongoClient[dict[str, Any]], run_id: str) -> 
 
 @pytest.fixture
 def collection_names() -> tuple[str, str, str]:
-    """Cache, log and lease collection names unique to the test."""
+    """Cache, log and claim collection names unique to the test."""
     suffix = unique_id()
-    return f"cache_{suffix}", f"log_{suffix}", f"leases_{suffix}"
+    return f"cache_{suffix}", f"log_{suffix}", f"claims_{suffix}"
 
 
 @pytest.fixture
 def mongo_cache_store(mongo_db: MongoDatabase, collection_names: tuple[str, str, str]) -> MongoCacheStore:
-    """A MongoCacheStore on ``mongo_db`` and the test's collections, its indexes made."""
-    store = MongoCacheStore(mongo_db, *collection_names)
-    store.ensure_indexes()
-    return store
+    """A MongoCacheStore on ``mongo_db`` and the test's collections, its indexes made (the deploy step)."""
+    cache, log, claims = collection_names
+    ensure_indexes(mongo_db, {"cache": cache, "log": log, "claims": claims})
+    return MongoCacheStore(mongo_db, *collection_names)
 
 
 @pytest.fixture

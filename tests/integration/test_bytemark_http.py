@@ -15,7 +15,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from bytemark_cache.adapters.bytemark_http import BytemarkHttpSource
-from bytemark_cache.errors import TokenRevoked, UpstreamError
+from bytemark_cache.errors import DeadlineExceeded, TokenRevoked, UpstreamError
 from bytemark_simulator import AdminClient, SimulatorServer
 
 pytestmark = pytest.mark.integration
@@ -76,6 +76,11 @@ def make_source(simulator: SimulatorServer, sleeps: RecordingSleep) -> Iterator[
         source.close()
 
 
+def _deadline(seconds: float = 10.0) -> float:
+    """The whole fetch's time budget in seconds."""
+    return seconds
+
+
 def _counts(admin: AdminClient, user_id: int = USER) -> tuple[int, int]:
     per_user = admin.request_counts()["by_user"].get(str(user_id), {"v1": 0, "v4": 0})
     return per_user["v1"], per_user["v4"]
@@ -102,7 +107,7 @@ def test_every_page_of_both_lists_is_followed(
 ) -> None:
     admin.seed_user(USER, TOKEN, current=7, expired=5)
 
-    fetched = make_source(page_size=page_size).fetch_passes(TOKEN)
+    fetched = make_source(page_size=page_size).fetch_passes(TOKEN, _deadline())
 
     expected = admin.passes(USER)
     assert fetched.current == expected["current"]
@@ -114,7 +119,7 @@ def test_every_page_of_both_lists_is_followed(
 def test_empty_lists_take_one_request_each(admin: AdminClient, make_source: SourceFactory) -> None:
     admin.seed_user(USER, TOKEN, current=0, expired=0)
 
-    fetched = make_source().fetch_passes(TOKEN)
+    fetched = make_source().fetch_passes(TOKEN, _deadline())
 
     assert (fetched.current, fetched.expired) == ([], [])
     assert _counts(admin) == (1, 1)
@@ -123,7 +128,7 @@ def test_empty_lists_take_one_request_each(admin: AdminClient, make_source: Sour
 def test_empty_object_pagination_ends_the_list(admin: AdminClient, make_source: SourceFactory) -> None:
     admin.seed_user(USER, TOKEN, current=3, expired=2, empty_pagination_style="object")
 
-    fetched = make_source(page_size=10).fetch_passes(TOKEN)
+    fetched = make_source(page_size=10).fetch_passes(TOKEN, _deadline())
 
     expected = admin.passes(USER)
     assert (fetched.current, fetched.expired) == (expected["current"], expected["expired"])
@@ -133,7 +138,7 @@ def test_empty_object_pagination_ends_the_list(admin: AdminClient, make_source: 
 def test_exactly_max_pages_is_still_fine(admin: AdminClient, make_source: SourceFactory) -> None:
     admin.seed_user(USER, TOKEN, current=6, expired=1)
 
-    fetched = make_source(page_size=2, max_pages=3).fetch_passes(TOKEN)
+    fetched = make_source(page_size=2, max_pages=3).fetch_passes(TOKEN, _deadline())
 
     assert fetched.current == admin.passes(USER)["current"]
     assert _counts(admin) == (3, 1)
@@ -145,7 +150,7 @@ def test_more_than_max_pages_fails_instead_of_truncating(
     admin.seed_user(USER, TOKEN, current=7, expired=1)
 
     with pytest.raises(UpstreamError, match="more than max_pages=3 pages") as info:
-        make_source(page_size=2, max_pages=3).fetch_passes(TOKEN)
+        make_source(page_size=2, max_pages=3).fetch_passes(TOKEN, _deadline())
 
     assert info.value.transient is False
     assert _counts(admin) == (3, 0)
@@ -159,8 +164,8 @@ def test_one_session_reuses_its_connection_across_pages_and_calls(
     session = requests.Session()
     source = make_source(page_size=2, session=session)
 
-    source.fetch_passes(TOKEN)
-    source.fetch_passes(TOKEN)
+    source.fetch_passes(TOKEN, _deadline())
+    source.fetch_passes(TOKEN, _deadline())
 
     assert _counts(admin) == (6, 6)
     adapter = session.get_adapter(simulator.url)
@@ -186,7 +191,7 @@ def test_duplicate_uuids_across_pages_keep_the_latest_modification(
     expired_dup = {**seeded["expired"][2], "time_modified": "2099-01-01T00:00:00.000Z", "note": "newer"}
     admin.put_pass(USER, expired_dup, "expired", position=0, replace=False)
 
-    fetched = make_source(page_size=2).fetch_passes(TOKEN)
+    fetched = make_source(page_size=2).fetch_passes(TOKEN, _deadline())
 
     assert _counts(admin) == (3, 2)
     assert fetched.current == [newer_first, second, *seeded["current"][2:]]
@@ -202,7 +207,7 @@ def test_pass_json_and_time_formats_are_kept_verbatim(admin: AdminClient, make_s
     )
     admin.put_pass(USER, raw, "current")
 
-    fetched = make_source().fetch_passes(TOKEN)
+    fetched = make_source().fetch_passes(TOKEN, _deadline())
 
     assert fetched.current == [json.loads(raw)]
     received = fetched.current[0]
@@ -223,7 +228,7 @@ def test_server_errors_below_the_retry_budget_succeed(
     admin.seed_user(USER, TOKEN, current=3, expired=2)
     admin.set_fault(kind, user_id=USER, endpoint="v1", count=MAX_RETRIES - 1)
 
-    fetched = make_source().fetch_passes(TOKEN)
+    fetched = make_source().fetch_passes(TOKEN, _deadline())
 
     assert fetched.current == admin.passes(USER)["current"]
     assert _counts(admin) == (MAX_RETRIES, 1)
@@ -239,7 +244,7 @@ def test_server_errors_beyond_the_retry_budget_are_transient(
     admin.set_fault(kind, user_id=USER, count=MAX_RETRIES + 2)
 
     with pytest.raises(UpstreamError) as info:
-        make_source().fetch_passes(TOKEN)
+        make_source().fetch_passes(TOKEN, _deadline())
 
     assert info.value.transient is True
     assert not isinstance(info.value, TokenRevoked)
@@ -254,7 +259,7 @@ def test_a_timeout_is_retried(admin: AdminClient, make_source: SourceFactory, sl
     admin.seed_user(USER, TOKEN, current=3, expired=2)
     admin.set_fault("timeout", user_id=USER, endpoint="v1", count=1, latency_ms=5000)
 
-    fetched = make_source(timeout_seconds=0.3).fetch_passes(TOKEN)
+    fetched = make_source(timeout_seconds=0.3).fetch_passes(TOKEN, _deadline())
 
     assert fetched.current == admin.passes(USER)["current"]
     assert _counts(admin) == (2, 1)
@@ -268,7 +273,7 @@ def test_persistent_timeouts_end_in_a_transient_error(
     admin.set_fault("timeout", user_id=USER, latency_ms=5000)
 
     with pytest.raises(UpstreamError, match="timed out") as info:
-        make_source(timeout_seconds=0.3, max_retries=1).fetch_passes(TOKEN)
+        make_source(timeout_seconds=0.3, max_retries=1).fetch_passes(TOKEN, _deadline())
 
     assert info.value.transient is True
     assert _counts(admin) == (2, 0)
@@ -282,7 +287,7 @@ def test_a_connection_reset_is_retried(
     admin.seed_user(USER, TOKEN, current=3, expired=2)
     admin.set_fault("reset", user_id=USER, endpoint="v4", count=2)
 
-    fetched = make_source().fetch_passes(TOKEN)
+    fetched = make_source().fetch_passes(TOKEN, _deadline())
 
     assert fetched.expired == admin.passes(USER)["expired"]
     assert _counts(admin) == (1, 3)
@@ -294,7 +299,7 @@ def test_persistent_resets_end_in_a_transient_error(admin: AdminClient, make_sou
     admin.set_fault("reset", user_id=USER)
 
     with pytest.raises(UpstreamError, match="reset") as info:
-        make_source().fetch_passes(TOKEN)
+        make_source().fetch_passes(TOKEN, _deadline())
 
     assert info.value.transient is True
     assert _counts(admin) == (MAX_RETRIES + 1, 0)
@@ -307,7 +312,7 @@ def test_rate_limit_waits_exactly_retry_after(
     admin.seed_user(USER, TOKEN, current=3, expired=2)
     admin.set_fault("rate_limit", user_id=USER, endpoint="v1", count=1, retry_after=2)
 
-    fetched = make_source().fetch_passes(TOKEN)
+    fetched = make_source().fetch_passes(TOKEN, _deadline())
 
     assert fetched.current == admin.passes(USER)["current"]
     assert sleeps.calls == [2.0]
@@ -321,7 +326,7 @@ def test_persistent_rate_limit_is_transient_and_carries_retry_after(
     admin.set_fault("rate_limit", user_id=USER, retry_after=1)
 
     with pytest.raises(UpstreamError, match="HTTP 429") as info:
-        make_source().fetch_passes(TOKEN)
+        make_source().fetch_passes(TOKEN, _deadline())
 
     assert info.value.transient is True
     assert info.value.retry_after == 1.0
@@ -336,12 +341,66 @@ def test_retry_after_beyond_the_cap_fails_fast(
     admin.set_fault("rate_limit", user_id=USER, retry_after=120)
 
     with pytest.raises(UpstreamError, match="Retry-After") as info:
-        make_source(max_retry_after=10.0).fetch_passes(TOKEN)
+        make_source(max_retry_after=10.0).fetch_passes(TOKEN, _deadline())
 
     assert info.value.transient is True
     assert info.value.retry_after == 120.0
     assert sleeps.calls == []
     assert _counts(admin) == (1, 0)
+
+
+class _TopOfWindow(random.Random):
+    """Backoff that always picks the longest delay its window allows."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def test_a_backoff_that_would_end_after_the_deadline_is_never_started(
+    admin: AdminClient, make_source: SourceFactory, sleeps: RecordingSleep
+) -> None:
+    admin.seed_user(USER, TOKEN, current=3, expired=2)
+    admin.set_fault("http_500", user_id=USER)
+    source = make_source(backoff_base=2.0, backoff_cap=2.0, rng=_TopOfWindow())
+
+    with pytest.raises(UpstreamError, match="no time left before the deadline") as info:
+        source.fetch_passes(TOKEN, _deadline(1.5))
+
+    assert info.value.transient is True
+    assert "HTTP 500" in str(info.value)
+    assert sleeps.calls == []
+    assert _counts(admin) == (1, 0)
+    _assert_secret_free(info.value)
+
+
+def test_retry_after_longer_than_the_time_left_fails_fast(
+    admin: AdminClient, make_source: SourceFactory, sleeps: RecordingSleep
+) -> None:
+    admin.seed_user(USER, TOKEN, current=3, expired=2)
+    admin.set_fault("rate_limit", user_id=USER, retry_after=3)
+
+    with pytest.raises(UpstreamError, match="Retry-After 3s exceeds the time left") as info:
+        make_source(max_retry_after=10.0).fetch_passes(TOKEN, _deadline(2.0))
+
+    assert info.value.transient is True
+    assert not isinstance(info.value, DeadlineExceeded)
+    assert info.value.retry_after == 3.0
+    assert sleeps.calls == []
+    assert _counts(admin) == (1, 0)
+
+
+def test_requests_sent_counts_every_attempt_of_every_page(
+    admin: AdminClient, make_source: SourceFactory, simulator: SimulatorServer
+) -> None:
+    admin.seed_user(USER, TOKEN, current=5, expired=3)
+    admin.set_fault("http_500", user_id=USER, endpoint="v4", count=2)
+    source = make_source(page_size=2)
+
+    source.fetch_passes(TOKEN, _deadline())
+    assert source.requests_sent == 3 + 2 + 2 == admin.request_counts()["total"]
+
+    source.fetch_passes(TOKEN, _deadline())
+    assert source.requests_sent == 7 + 5 == admin.request_counts()["total"]
 
 
 def test_latency_below_the_timeout_is_no_failure(
@@ -350,7 +409,7 @@ def test_latency_below_the_timeout_is_no_failure(
     admin.seed_user(USER, TOKEN, current=3, expired=2)
     admin.set_fault("latency", user_id=USER, latency_ms=150)
 
-    fetched = make_source(timeout_seconds=2.0).fetch_passes(TOKEN)
+    fetched = make_source(timeout_seconds=2.0).fetch_passes(TOKEN, _deadline())
 
     assert fetched.current == admin.passes(USER)["current"]
     assert _counts(admin) == (1, 1)
@@ -364,7 +423,7 @@ def test_retries_are_logged_without_the_token(
     admin.set_fault("http_503", user_id=USER, count=1)
     caplog.set_level(logging.DEBUG)
 
-    make_source().fetch_passes(TOKEN)
+    make_source().fetch_passes(TOKEN, _deadline())
 
     retried = [r for r in caplog.records if r.getMessage() == "bytemark request retried"]
     assert len(retried) == 1
@@ -383,7 +442,7 @@ def test_malformed_json_is_permanent_and_not_retried(
     admin.set_fault("malformed_json", user_id=USER, endpoint="v1")
 
     with pytest.raises(UpstreamError, match="not valid JSON") as info:
-        make_source().fetch_passes(TOKEN)
+        make_source().fetch_passes(TOKEN, _deadline())
 
     assert info.value.transient is False
     assert _counts(admin) == (1, 0)
@@ -406,7 +465,7 @@ def test_schema_breaks_are_permanent_and_not_retried(
     admin.set_fault("schema_break", user_id=USER, endpoint="v1", variant=variant)
 
     with pytest.raises(UpstreamError) as info:
-        make_source().fetch_passes(TOKEN)
+        make_source().fetch_passes(TOKEN, _deadline())
 
     assert info.value.transient is False
     assert reason in str(info.value)
@@ -423,7 +482,7 @@ def test_other_4xx_is_permanent_and_not_retried(
 
     # The simulator, like Bytemark, refuses per_page above 500 with HTTP 400.
     with pytest.raises(UpstreamError, match="HTTP 400") as info:
-        make_source(page_size=501).fetch_passes(TOKEN)
+        make_source(page_size=501).fetch_passes(TOKEN, _deadline())
 
     assert info.value.transient is False
     assert not isinstance(info.value, TokenRevoked)
@@ -438,7 +497,7 @@ def test_a_revoked_token_is_token_revoked_after_one_request(
     admin.revoke(USER)
 
     with pytest.raises(TokenRevoked) as info:
-        make_source().fetch_passes(TOKEN)
+        make_source().fetch_passes(TOKEN, _deadline())
 
     assert info.value.transient is False
     assert admin.request_counts()["total"] == 1
@@ -452,7 +511,7 @@ def test_an_unknown_token_gets_401_and_is_token_revoked(
     admin.seed_user(USER, TOKEN, current=1, expired=1)
 
     with pytest.raises(TokenRevoked):
-        make_source().fetch_passes("tok-nobody-knows")
+        make_source().fetch_passes("tok-nobody-knows", _deadline())
 
     assert admin.request_counts()["total"] == 1
 
@@ -469,7 +528,7 @@ def test_error_50020_with_http_200_is_token_revoked(
     admin.set_fault("error_200_50020", user_id=USER, endpoint=endpoint)
 
     with pytest.raises(TokenRevoked) as info:
-        make_source().fetch_passes(TOKEN)
+        make_source().fetch_passes(TOKEN, _deadline())
 
     assert _counts(admin) == expected_counts
     assert sleeps.calls == []
@@ -484,7 +543,7 @@ def test_v1_fine_but_v4_failing_returns_nothing(admin: AdminClient, make_source:
     admin.set_fault("http_500", user_id=USER, endpoint="v4")
 
     with pytest.raises(UpstreamError) as info:
-        make_source().fetch_passes(TOKEN)
+        make_source().fetch_passes(TOKEN, _deadline())
 
     assert info.value.transient is True
     assert "/v4.0/passes" in str(info.value)
@@ -497,7 +556,7 @@ def test_a_bad_pass_on_a_later_page_returns_nothing(admin: AdminClient, make_sou
     admin.put_pass(USER, {"status": "USABLE", "label_name": "Local Day Pass"}, "current")
 
     with pytest.raises(UpstreamError, match="pass #0 is invalid") as info:
-        make_source(page_size=2).fetch_passes(TOKEN)
+        make_source(page_size=2).fetch_passes(TOKEN, _deadline())
 
     assert info.value.transient is False
     assert _counts(admin) == (3, 0)
@@ -507,7 +566,7 @@ def test_source_repr_never_shows_the_token(admin: AdminClient, make_source: Sour
     admin.seed_user(USER, TOKEN, current=1, expired=1)
     source = make_source()
 
-    source.fetch_passes(TOKEN)
+    source.fetch_passes(TOKEN, _deadline())
 
     assert TOKEN not in repr(source)
     assert TOKEN not in str(source)

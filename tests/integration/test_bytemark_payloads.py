@@ -17,7 +17,7 @@ import requests
 from bytemark_cache.adapters.bytemark_http import BytemarkHttpSource
 from bytemark_cache.domain.expiry import effective_status
 from bytemark_cache.domain.hashing import payload_hash
-from bytemark_cache.domain.sync import plan_sync
+from bytemark_cache.domain.plan import plan_sync, prepare_fresh
 from bytemark_simulator import SimulatorServer
 
 pytestmark = pytest.mark.integration
@@ -55,8 +55,8 @@ def test_spec_vector_served_over_http_hashes_like_node(
     bytemark.admin.seed_user(1, "tok-1", current=0, expired=0)
     bytemark.admin.put_pass(1, SPEC_VECTOR_TEXT, "current")  # served byte for byte: 2.0, 2.50, UTF-8
 
-    fetched = client.fetch_passes("tok-1")
-    plan = plan_sync(1, None, fetched, 1_718_425_800, passes4_limit=10)
+    fetched = client.fetch_passes("tok-1", 10.0)
+    plan = plan_sync(1, None, prepare_fresh(fetched), 1_718_425_800, history_limit=10, write_id="w")
 
     assert [element["payload_hash"] for element in plan.passes.final] == [SPEC_VECTOR_HASH]
 
@@ -76,7 +76,7 @@ def test_stored_hashes_of_realistic_answers_equal_nodes(
         .split()
     )
 
-    fetched = client.fetch_passes("tok-2")
+    fetched = client.fetch_passes("tok-2", 10.0)
     ours = {pass_["uuid"]: payload_hash(pass_) for pass_ in fetched.current}
     served_order = [pass_["uuid"] for pass_ in json.loads(raw)["data"]["passes"]]
 
@@ -100,8 +100,8 @@ def test_day_pass_activated_at_bytemark_expires_at_local_midnight(
     day_pass = bytemark.admin.purchase(3, "Local Day Pass")
     bytemark.admin.activate(3, day_pass["uuid"], at=activated_at)
 
-    fetched = client.fetch_passes("tok-3")
-    element = plan_sync(3, None, fetched, 0, passes4_limit=10).passes.final[0]
+    fetched = client.fetch_passes("tok-3", 10.0)
+    element = plan_sync(3, None, prepare_fresh(fetched), 0, history_limit=10, write_id="w").passes.final[0]
     midnight = datetime.fromisoformat(local_midnight_utc.replace("Z", "+00:00"))
 
     assert effective_status(element, midnight - timedelta(seconds=2)) == "USING"

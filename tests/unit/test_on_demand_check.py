@@ -1,4 +1,4 @@
-"""on_demand_check through its handler with fake services: identity, TTL, ETag, errors, rate limit."""
+"""on_demand_check through its handler with fake services: identity, deadline, TTL, ETag, the error table."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from bytemark_cache.errors import TokenRevoked, UpstreamError
+from bytemark_cache.errors import (
+    ConfigError,
+    DeadlineExceeded,
+    StoreError,
+    SyncInProgress,
+    TokenRevoked,
+    UpstreamError,
+)
 from tests.fakes import FakeWorld, make_pass
 from tests.lambda_harness import FakeLambdaContext, load_event, load_function
 
@@ -30,8 +37,10 @@ def world() -> FakeWorld:
     return world
 
 
-def invoke(world: FakeWorld, event: dict[str, Any]) -> dict[str, Any]:
-    result: dict[str, Any] = handler.lambda_handler(event, FakeLambdaContext(), services=world.services)
+def invoke(world: FakeWorld, event: Any, context: FakeLambdaContext | None = None) -> dict[str, Any]:
+    result: dict[str, Any] = handler.lambda_handler(
+        event, context or FakeLambdaContext(), services=world.services
+    )
     return result
 
 
@@ -95,12 +104,72 @@ def test_no_identity_is_401(world: FakeWorld) -> None:
     assert world.source.fetches == []
 
 
-@pytest.mark.parametrize("sub", ["", "abc", "-3", "0", "4.2"])
-def test_unusable_identity_is_401(world: FakeWorld, sub: str) -> None:
-    event = load_event("apigw_get_tickets.json")
-    event["requestContext"]["authorizer"]["claims"]["sub"] = sub
+def test_cognitos_sub_is_not_the_user_id(world: FakeWorld) -> None:
+    response = invoke(world, load_event("apigw_cognito_sub_only.json"))
 
-    assert invoke(world, event)["statusCode"] == 401
+    assert response["statusCode"] == 401
+    assert world.source.fetches == []
+
+
+def test_the_identity_claim_is_configurable(world: FakeWorld) -> None:
+    other = FakeWorld(env={"IDENTITY_CLAIM": "portal_user"}, users={42: "tok-42"})
+    other.source.set_passes("tok-42", [])
+    event = load_event("apigw_cognito_sub_only.json")
+    event["requestContext"]["authorizer"]["claims"]["portal_user"] = "42"
+
+    assert invoke(other, event)["statusCode"] == 200
+
+
+@pytest.mark.parametrize(
+    "claim",
+    [
+        "",
+        "abc",
+        "-3",
+        "0",
+        "4.2",
+        "\u0663",
+        "+42",
+        " 42",
+        "42 ",
+        "4e1",
+        "2147483648",
+        "00000000042",
+        True,
+        42.0,
+    ],
+)
+def test_unusable_identity_is_401_and_touches_nothing(world: FakeWorld, claim: object) -> None:
+    event = load_event("apigw_get_tickets.json")
+    event["requestContext"]["authorizer"]["claims"]["custom:user_id"] = claim
+
+    response = invoke(world, event)
+
+    assert response["statusCode"] == 401
+    assert world.source.fetches == []
+    assert world.cache.documents == {}
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        None,
+        [],
+        "GET /tickets",
+        {},
+        {"Records": [{"body": "{}"}]},
+        {"httpMethod": "GET", "path": "/tickets"},
+        {"httpMethod": 5, "path": "/tickets", "requestContext": {}},
+        {"httpMethod": "GET", "path": "/tickets", "requestContext": {}, "headers": ["x"]},
+        {"httpMethod": "GET", "path": "/tickets", "requestContext": {}, "body": {"not": "text"}},
+    ],
+)
+def test_an_event_that_is_not_an_api_request_gets_400(world: FakeWorld, event: object) -> None:
+    response = invoke(world, event)
+
+    assert response["statusCode"] == 400
+    assert body(response)["error"] == "invalid_event"
+    assert world.source.fetches == []
 
 
 def test_user_id_in_query_header_or_body_is_ignored(world: FakeWorld) -> None:
@@ -125,7 +194,8 @@ def test_etag_and_if_none_match_give_304(world: FakeWorld) -> None:
 def test_etag_changes_when_a_pass_changes(world: FakeWorld) -> None:
     first = invoke(world, load_event("apigw_get_tickets.json"))
     world.source.accounts["tok-42"].current.append(make_pass("new-1", time_created="2024-06-14T00:00:00Z"))
-    world.clock.advance(3600)
+    world.clock.advance(20)
+    invoke(world, load_event("apigw_sync.json"))
     event = load_event("apigw_get_tickets_if_none_match.json")
     event["headers"]["If-None-Match"] = header(first, "ETag")
 
@@ -159,12 +229,26 @@ def test_forced_sync_fetches_even_when_cache_is_fresh(world: FakeWorld) -> None:
     assert len(world.source.fetches) == 2
 
 
-def test_upstream_down_with_cache_serves_stale(world: FakeWorld) -> None:
+def test_an_old_cache_is_served_at_once_and_refreshed_behind(world: FakeWorld) -> None:
     invoke(world, load_event("apigw_get_tickets.json"))
+    world.source.accounts["tok-42"].current.pop(0)  # only the single ride left: nothing in use
+    world.cache.documents[next(iter(world.cache.documents))]["passes"].pop(0)
     world.clock.advance(4000)
-    world.source.fail_next("tok-42", UpstreamError("503"))
 
     response = invoke(world, load_event("apigw_get_tickets.json"))
+
+    assert response["statusCode"] == 200
+    assert body(response)["refreshing"] is True
+    assert world.queue.messages == [{"user_id": 42, "reason": "refresh"}]
+    assert len(world.source.fetches) == 1
+
+
+def test_upstream_down_with_cache_serves_stale(world: FakeWorld) -> None:
+    invoke(world, load_event("apigw_get_tickets.json"))
+    world.clock.advance(20)
+    world.source.fail_next("tok-42", UpstreamError("503"))
+
+    response = invoke(world, load_event("apigw_sync.json"))
 
     assert response["statusCode"] == 200
     assert body(response)["stale"] is True
@@ -185,9 +269,9 @@ def test_revoked_token_with_cache_is_flagged_and_without_cache_is_409(world: Fak
     world.source.fail_next("tok-42", TokenRevoked())
     without_cache = invoke(world, load_event("apigw_get_tickets.json"))
     invoke(world, load_event("apigw_get_tickets.json"))
-    world.clock.advance(4000)
+    world.clock.advance(20)
     world.source.fail_next("tok-42", TokenRevoked())
-    with_cache = invoke(world, load_event("apigw_get_tickets.json"))
+    with_cache = invoke(world, load_event("apigw_sync.json"))
 
     assert without_cache["statusCode"] == 409
     assert body(without_cache)["error"] == "bytemark_token_revoked"
@@ -248,6 +332,64 @@ def test_metrics_tell_cache_hits_from_upstream_syncs(
     invoke(world, load_event("apigw_get_tickets.json"))
     second = emitted_metrics(capsys.readouterr().out)
 
-    assert {"Cache_built", "UpstreamCalls", "SyncLatency", "ChangedPasses"} <= first
-    assert "Cache_cache" in second
-    assert not {"UpstreamCalls", "SyncLatency"} & second
+    assert {"TicketsBuilt", "BytemarkRequests", "SyncLatency", "ChangedPasses"} <= first
+    assert "TicketsFromCache" in second
+    assert not {"BytemarkRequests", "SyncLatency"} & second
+
+
+def test_the_deadline_is_the_remaining_time_less_a_margin_and_never_past_api_gateways_limit(
+    world: FakeWorld,
+) -> None:
+    invoke(world, load_event("apigw_get_tickets.json"), FakeLambdaContext(remaining_ms=[12_000]))
+    world.clock.advance(20)
+    invoke(world, load_event("apigw_sync.json"), FakeLambdaContext(remaining_ms=[900_000]))
+
+    short, long = world.source.budgets
+    assert short == pytest.approx(12 - handler.SAFETY_MARGIN_SECONDS)
+    assert long == pytest.approx(handler.API_GATEWAY_LIMIT_SECONDS - handler.SAFETY_MARGIN_SECONDS)
+
+
+def test_bytemark_past_the_deadline_serves_the_cache_or_503(world: FakeWorld) -> None:
+    world.source.fail_next("tok-42", DeadlineExceeded())
+    without_cache = invoke(world, load_event("apigw_get_tickets.json"))
+    invoke(world, load_event("apigw_get_tickets.json"))
+    world.clock.advance(20)
+    world.source.fail_next("tok-42", DeadlineExceeded())
+    with_cache = invoke(world, load_event("apigw_sync.json"))
+
+    assert without_cache["statusCode"] == 503
+    assert with_cache["statusCode"] == 200
+    assert body(with_cache)["stale"] is True
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code", "metric"),
+    [
+        (StoreError("mongo down"), 503, "cache_unavailable", "StoreUnavailable"),
+        (SyncInProgress("busy"), 503, "sync_in_progress", None),
+        (ConfigError(["MONGODB_URI is required"]), 500, "misconfigured", None),
+        (RuntimeError("a bug"), 500, "internal_error", None),
+        (UpstreamError("schema break", transient=False), 503, "upstream_unavailable", "UpstreamFailure"),
+    ],
+)
+def test_every_failure_is_answered_from_the_one_table(
+    world: FakeWorld,
+    capsys: pytest.CaptureFixture[str],
+    error: Exception,
+    status: int,
+    code: str,
+    metric: str | None,
+) -> None:
+    def fail(_token: str) -> None:
+        raise error
+
+    world.source.before_fetch = fail
+
+    response = invoke(world, load_event("apigw_get_tickets.json"))
+
+    assert response["statusCode"] == status
+    assert body(response)["error"] == code
+    assert "Traceback" not in response["body"]
+    assert str(error) not in response["body"] or code == "upstream_unavailable"
+    if metric is not None:
+        assert metric in emitted_metrics(capsys.readouterr().out)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
+from bytemark_cache.bootstrap import build_services
 from tests.fakes import FakeWorld, RecordingContinuation
 from tests.lambda_harness import FakeLambdaContext, load_event, load_function
 
@@ -84,8 +86,10 @@ def test_stale_mode_with_no_caches_enqueues_nothing(world: FakeWorld) -> None:
 
 def test_retry_after_a_crash_resumes_from_recorded_progress(world: FakeWorld) -> None:
     world.queue.fail_after = 700  # the queue breaks during the second page
-    with pytest.raises(Exception, match="queue unavailable"):
+    with pytest.raises(handler.BackfillFailed) as raised:
         invoke(world, load_event("schedule_missing.json"))
+    assert "StoreError" in str(raised.value)
+    assert raised.value.__cause__ is None  # no driver detail or stack of ours reaches EventBridge
     world.queue.fail_after = None
 
     summary, _ = invoke(world, load_event("schedule_missing.json"))
@@ -95,3 +99,54 @@ def test_retry_after_a_crash_resumes_from_recorded_progress(world: FakeWorld) ->
     assert sorted(set(ids)) == list(range(1, 1201))
     # Only the page that was interrupted is sent again (at-least-once inside that page).
     assert len(ids) - len(set(ids)) == 200
+
+
+def test_due_mode_enqueues_the_users_whose_next_sync_passed(world: FakeWorld) -> None:
+    now = int(world.clock.now())
+    for uid, at in ((3, now - 60), (4, now + 60), (5, now - 1)):
+        world.cache.put({"user_id": uid, "timestamp": now - 3600, "passes": [], "next_sync_at": at})
+
+    summary, _ = invoke(world, load_event("schedule_due.json"))
+
+    assert sorted(enqueued_ids(world)) == [3, 5]
+    assert summary["enqueued"] == 2
+
+
+def test_prune_mode_reports_what_it_deleted(world: FakeWorld, capsys: pytest.CaptureFixture[str]) -> None:
+    world.cache.log["old"] = {"_id": "old", "user_id": 1, "timestamp": 0, "uuid": "p"}
+
+    summary, _ = invoke(world, load_event("schedule_prune.json"))
+
+    assert summary["pruned"] == 1
+    assert "ChangeLogPruned" in capsys.readouterr().out
+
+
+def test_every_run_publishes_its_heartbeat_even_when_nothing_is_due(
+    world: FakeWorld, capsys: pytest.CaptureFixture[str]
+) -> None:
+    invoke(world, load_event("schedule_due.json"))
+
+    documents = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    assert [document["BackfillScanned"] for document in documents] == [[0.0]]
+
+
+def test_without_an_update_queue_the_run_fails_with_a_clear_answer() -> None:
+    world = FakeWorld(env={"UPDATE_QUEUE_URL": ""})
+    services = build_services(
+        world.settings,
+        tokens=world.tokens,
+        source=world.source,
+        cache=world.cache,
+        clock=world.clock,
+        runs=world.runs,
+    )
+
+    summary = handler.lambda_handler(
+        load_event("schedule_due.json"),
+        FakeLambdaContext(),
+        services=services,
+        continuation=RecordingContinuation(),
+    )
+
+    assert summary["error"] == "failed"
+    assert "UPDATE_QUEUE_URL" in summary["message"]

@@ -1,4 +1,4 @@
-"""Settings.from_env(): every configuration problem reported at once (SPEC §8)."""
+"""Settings.from_env(): every configuration problem reported at once (contract §8)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class Settings:
     mongodb_database: str
     cache_collection: str
     log_collection: str
-    lease_collection: str
+    claim_collection: str
     backfill_run_collection: str
     mysql_host: str
     mysql_port: int
@@ -39,10 +39,15 @@ class Settings:
     bytemark_max_retries: int
     cache_ttl_seconds: int
     update_queue_url: str | None
+    update_dlq_url: str | None
+    identity_claim: str
+    change_log_retention_days: int
+    redelivery_base_seconds: float
+    redelivery_cap_seconds: float
     agency_timezone: str
     passes4_limit: int
     day_pass_label: str
-    sync_lease_seconds: float
+    sync_claim_seconds: float
     sync_wait_seconds: float
     forced_sync_interval_seconds: float
     aws_endpoint_url: str | None
@@ -79,7 +84,7 @@ class Settings:
             mongodb_database=read("MONGODB_DATABASE", _name, "cache"),
             cache_collection=read("CACHE_COLLECTION", _name, "BytemarkTicketsCache"),
             log_collection=read("LOG_COLLECTION", _name, "BytemarkTicketsLog"),
-            lease_collection=read("LEASE_COLLECTION", _name, "BytemarkSyncLeases"),
+            claim_collection=read("CLAIM_COLLECTION", _name, "BytemarkSyncClaims"),
             backfill_run_collection=read("BACKFILL_RUN_COLLECTION", _name, "BytemarkBackfillRuns"),
             mysql_host=read("MYSQL_HOST", _name),
             mysql_port=read("MYSQL_PORT", _int_between(1, 65535), 3306),
@@ -93,10 +98,15 @@ class Settings:
             bytemark_max_retries=read("BYTEMARK_MAX_RETRIES", _int_between(0, 10), 3),
             cache_ttl_seconds=read("CACHE_TTL_SECONDS", _int_between(0, 30 * 86400), 3600),
             update_queue_url=optional("UPDATE_QUEUE_URL"),
+            update_dlq_url=optional("UPDATE_DLQ_URL"),
+            identity_claim=read("IDENTITY_CLAIM", _claim_name, "custom:user_id"),
+            change_log_retention_days=read("CHANGE_LOG_RETENTION_DAYS", _int_between(1, 36500), 400),
+            redelivery_base_seconds=read("REDELIVERY_BASE_SECONDS", _positive_float(3600.0), 60.0),
+            redelivery_cap_seconds=read("REDELIVERY_CAP_SECONDS", _positive_float(43200.0), 7200.0),
             agency_timezone=read("AGENCY_TIMEZONE", _timezone, "America/Chicago"),
             passes4_limit=read("PASSES4_LIMIT", _int_between(1, 5000), 200),
             day_pass_label=read("DAY_PASS_LABEL", _name, "Day Pass"),
-            sync_lease_seconds=read("SYNC_LEASE_SECONDS", _positive_float(900.0), 30.0),
+            sync_claim_seconds=read("SYNC_CLAIM_SECONDS", _positive_float(900.0), 120.0),
             sync_wait_seconds=read("SYNC_WAIT_SECONDS", _positive_float(60.0), 5.0),
             forced_sync_interval_seconds=read("FORCED_SYNC_INTERVAL_SECONDS", _positive_float(3600.0), 10.0),
             aws_endpoint_url=optional("AWS_ENDPOINT_URL"),
@@ -107,6 +117,13 @@ class Settings:
 
 
 def _name(raw: str) -> str:
+    return raw
+
+
+def _claim_name(raw: str) -> str:
+    # Cognito claim names: letters, digits and ":_-." (custom attributes are "custom:<name>").
+    if len(raw) > 64 or not all(char.isascii() and (char.isalnum() or char in ":_-.") for char in raw):
+        raise ValueError("must be a claim name such as custom:user_id")
     return raw
 
 

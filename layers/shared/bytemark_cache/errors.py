@@ -4,7 +4,13 @@ from __future__ import annotations
 
 
 class BytemarkCacheError(Exception):
-    """Base of every error this package raises on purpose."""
+    """Base of every error this package raises on purpose.
+
+    ``transient`` says whether the same request may succeed later (an outage) or never will (bad input, an
+    answer that breaks the contract): retries, dead-lettering and answers are decided from it.
+    """
+
+    transient: bool = False
 
 
 class ConfigError(BytemarkCacheError):
@@ -36,6 +42,13 @@ class UpstreamError(BytemarkCacheError):
         super().__init__(message)
 
 
+class DeadlineExceeded(UpstreamError):
+    """The call's deadline came before Bytemark had answered completely (a slow or dripping answer)."""
+
+    def __init__(self, message: str = "Bytemark did not answer before the deadline") -> None:
+        super().__init__(message, transient=True)
+
+
 class TokenRevoked(UpstreamError):
     """Bytemark said 50020 / HTTP 401: the user's token expired or was revoked. Never retried."""
 
@@ -46,17 +59,29 @@ class TokenRevoked(UpstreamError):
 class StoreError(BytemarkCacheError):
     """MongoDB, MySQL or SQS failed; transient from the caller's point of view."""
 
+    transient = True
+
+
+class UnstorableDocument(StoreError):
+    """MongoDB refused to encode or store a document (the domain's bounds should have caught it first)."""
+
+    transient = False
+
 
 class ConcurrentModification(StoreError):
     """The cache document changed between read and write (optimistic concurrency lost)."""
 
 
 class SyncInProgress(BytemarkCacheError):
-    """Another sync of this user holds the lease and did not finish within the wait."""
+    """Another sync of this user holds the claim and did not finish within the wait."""
+
+    transient = True
 
 
 class RateLimited(BytemarkCacheError):
     """The caller asked again too soon; ``retry_after`` seconds until the next attempt is allowed."""
+
+    transient = True
 
     def __init__(self, retry_after: float) -> None:
         self.retry_after = retry_after

@@ -1,36 +1,62 @@
-"""Bytemark's pass lists over HTTP: the ``PassSource`` adapter (SPEC §2).
+"""Bytemark's pass lists over HTTP: the ``PassSource`` adapter (docs/contract.md §2).
 
-Both lists (v1 current, v4 expired history) are fetched page by page through one ``requests.Session`` per
-instance, so connections are reused across calls and across warm Lambda invocations. Every failure
-becomes one of the project's own errors: ``TokenRevoked`` (HTTP 401 or error code 50020, never retried),
-or ``UpstreamError`` — transient (5xx, timeouts, resets, 429, after bounded retries with backoff) or not
-(anything Bytemark answered that this client cannot use). Nothing partial is ever returned: a caller
-that got a truncated list would take the missing passes for removed ones.
+Both lists (``/passes``: current; ``/v4.0/passes?status=EXPIRED``: history) are fetched one after the other,
+page by page, through one ``requests.Session`` per instance (connections reused, no cookies, no urllib3
+retries). Paging, envelope tolerance and loop detection live in ``bytemark_envelope``.
 
-The token is a secret: it is sent only in the ``Authorization`` header of the request, never stored on
-the instance or the session, and never put in a message, a log record or a repr.
+Outcomes: ``TokenRevoked`` (HTTP 401 or error 50020, never retried); ``DeadlineExceeded`` (the deadline came
+first); ``UpstreamError`` transient (5xx, 408, 429, timeouts, resets, truncated bodies; retried with jittered
+backoff while attempts and time are left) or permanent (anything Bytemark answered that cannot be used).
+Nothing partial is ever returned: a caller that got a truncated list would take the missing passes for
+removed ones.
+
+Bounds: every answer is streamed (``stream=True``) and read raw; at most ``MAX_ANSWER_BYTES`` received and
+as many after decompression, which this module does itself (gzip, deflate; anything else is refused);
+``MAX_FETCH_BYTES`` decoded for one call, ``MAX_PASSES_PER_LIST`` and ``max_pages`` per list.
+
+Time: ``deadline`` (on ``clock``) bounds the whole call. Connect timeout ``min(3.05, timeout_seconds)`` and
+read timeout ``timeout_seconds``, both capped by the time left; while a body streams, the socket's timeout is
+set to the time left before each read and the deadline checked after it, so a slow drip ends with the
+deadline. One attempt (request and whole answer) also ends after ``timeout_seconds`` (a retried timeout). No
+backoff sleep that would end after the deadline is started; a longer ``Retry-After`` fails fast.
+
+The token is a secret: it is sent only in the ``Authorization`` header of the request, never stored on the
+instance or the session, and never put in a message, a log record or a repr. Logs name the list's path,
+never a URL. ``requests_sent`` counts the HTTP requests made (for a metric).
 """
 
 from __future__ import annotations
 
-import email.utils
+import contextlib
+import http.client
 import http.cookiejar
-import json
 import logging
-import math
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC
-from typing import Any, TypeGuard
+from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import ReadTimeoutError
 
+from bytemark_cache.adapters.bytemark_envelope import (
+    ACCEPT_ENCODING,
+    UNDECODABLE,
+    BodyDecoder,
+    ListPager,
+    decode_json,
+    is_revocation,
+    parse_retry_after,
+    unusable,
+)
+from bytemark_cache.domain.backoff import backoff_delay
+from bytemark_cache.domain.bounds import MAX_ANSWER_BYTES, MAX_FETCH_BYTES, MAX_PASSES_PER_LIST
+from bytemark_cache.domain.deadline import Deadline
 from bytemark_cache.domain.model import FetchedPasses, Pass
-from bytemark_cache.domain.passes import collapse_duplicates, validate_pass
-from bytemark_cache.errors import TokenRevoked, UpstreamError
+from bytemark_cache.errors import DeadlineExceeded, TokenRevoked, UpstreamError
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +65,6 @@ V1_PATH = "/passes"
 
 V4_PATH = "/v4.0/passes"
 """The v4 list, asked for with ``status=EXPIRED``: the user's pass history."""
-
-REVOKED_ERROR_CODE = 50020
-"""Bytemark's "session/token expired or revoked" error code (sometimes sent with HTTP 200)."""
 
 USER_AGENT = "bytemark-ticket-cache/0.1 (+python-requests)"
 
@@ -52,101 +75,29 @@ _MAX_CONNECT_TIMEOUT = 3.05
 """Connecting takes a few round trips at most; a slow read is the only thing worth waiting longer for."""
 
 _TRANSIENT_4XX = frozenset({408, 429})
+_CHUNK_BYTES = 64 * 1024
+_DEADLINE_SLACK = 0.05
+"""A timeout that fires with less than this left before the deadline was the deadline's."""
 
 
-@dataclass(frozen=True)
-class PassPage:
-    """One validated page of a pass list."""
+class _Retryable(Exception):
+    """One attempt failed in a way the next may not (internal: never leaves this module)."""
 
-    passes: list[Pass]
-    page_count: int
-    total_count: int
-    next_link: object
-    """``pagination.next`` as received (a link, ``None`` or absent); only its truthiness matters."""
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
 
 
-def has_next_page(*, page: int, per_page: int, page_count: int, total_count: int, next_link: object) -> bool:
-    """True while ``pagination.next`` is truthy and ``(page-1)*per_page + page_count < total_count``."""
-    # Both conditions, as SPEC §2 says: a stale ``next`` on the last page must not cause an extra call,
-    # and a missing/null ``next`` ends the list even when the counts disagree.
-    return bool(next_link) and (page - 1) * per_page + page_count < total_count
+class _Budget:
+    """Decoded bytes one ``fetch_passes`` may still read (both lists, every page)."""
 
-
-def is_revocation(body: object) -> bool:
-    """True when an answer's ``errors`` list carries code 50020 (token expired or revoked)."""
-    return REVOKED_ERROR_CODE in _error_codes(body)
-
-
-def parse_pass_page(body: object, *, endpoint: str) -> PassPage:
-    """Validate one decoded envelope; raise TokenRevoked (50020) or UpstreamError(transient=False)."""
-    if not isinstance(body, dict):
-        raise _unusable(endpoint, "answer is not a JSON object")
-    codes = _error_codes(body)
-    if REVOKED_ERROR_CODE in codes:
-        raise TokenRevoked()
-    if codes or body.get("errors"):
-        # Codes are plain numbers; the messages next to them may quote user data, so they stay out.
-        shown = ", ".join(str(code) for code in codes) or "unrecognised"
-        raise _unusable(endpoint, f"Bytemark reported errors (codes: {shown})")
-    data = body.get("data")
-    if not isinstance(data, dict):
-        raise _unusable(endpoint, "'data' is missing or not an object")
-    raw_passes = data.get("passes")
-    if not isinstance(raw_passes, list):
-        raise _unusable(endpoint, "'data.passes' is missing or not a list")
-    total_count = data.get("total_count")
-    if not _is_int(total_count):
-        raise _unusable(endpoint, "'data.total_count' is missing or not an integer")
-    page_count = data.get("page_count", len(raw_passes))
-    if not _is_int(page_count) or page_count < 0:
-        raise _unusable(endpoint, "'data.page_count' is not a non-negative integer")
-    if page_count != len(raw_passes):
-        # Paging arithmetic trusts page_count; if it disagrees with the list we could skip passes.
-        raise _unusable(endpoint, f"'data.page_count' is {page_count} but the page holds {len(raw_passes)}")
-    pagination = data.get("pagination")
-    if pagination is None:
-        pagination = {}
-    if not isinstance(pagination, dict):
-        raise _unusable(endpoint, "'data.pagination' is not an object")
-    passes: list[Pass] = []
-    for index, raw_pass in enumerate(raw_passes):
-        try:
-            passes.append(validate_pass(raw_pass))
-        except UpstreamError as exc:
-            raise _unusable(endpoint, f"pass #{index} is invalid: {exc}") from exc
-    return PassPage(
-        passes=passes, page_count=page_count, total_count=total_count, next_link=pagination.get("next")
-    )
-
-
-def parse_retry_after(value: str | None, *, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delay-seconds or HTTP-date); None when unusable."""
-    if value is None:
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    if text.isascii() and text.isdigit():
-        return float(int(text))
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        # RFC 9110 HTTP-dates are always GMT; a naive result means the sender left the zone out.
-        when = when.replace(tzinfo=UTC)
-    seconds = when.timestamp() - now
-    return max(0.0, seconds) if math.isfinite(seconds) else None
-
-
-def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) -> float:
-    """Full-jitter exponential backoff: uniform in ``[0, min(cap, base * 2**attempt)]`` (attempt from 0)."""
-    ceiling = min(cap, base * (2 ** max(0, attempt)))
-    return rng.uniform(0.0, ceiling)
+    def __init__(self, left: int) -> None:
+        self.left = left
 
 
 class BytemarkHttpSource:
-    """``PassSource`` over Bytemark's HTTP API, with bounded retries and no partial results."""
+    """``PassSource`` over Bytemark's HTTP API: bounded retries, bounded answers, no partial results."""
 
     def __init__(
         self,
@@ -164,6 +115,9 @@ class BytemarkHttpSource:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
+        max_fetch_bytes: int = MAX_FETCH_BYTES,
+        max_passes_per_list: int = MAX_PASSES_PER_LIST,
     ) -> None:
         if timeout_seconds <= 0:
             raise ValueError("timeout_seconds must be > 0")
@@ -172,8 +126,8 @@ class BytemarkHttpSource:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
         self._base_url = base_url.rstrip("/")
-        connect = connect_timeout_seconds or min(timeout_seconds, _MAX_CONNECT_TIMEOUT)
-        self._timeout = (connect, timeout_seconds)
+        self._timeout_seconds = timeout_seconds
+        self._connect_timeout = connect_timeout_seconds or min(timeout_seconds, _MAX_CONNECT_TIMEOUT)
         self._page_size = page_size
         self._max_pages = max_pages
         self._max_retries = max_retries
@@ -184,6 +138,12 @@ class BytemarkHttpSource:
         self._sleep = sleep
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
+        self._max_answer_bytes = max_answer_bytes
+        self._max_fetch_bytes = max_fetch_bytes
+        self._max_passes_per_list = max_passes_per_list
+        self._count_lock = threading.Lock()
+        self.requests_sent = 0
+        """HTTP requests started by this instance (every attempt counts), for the BytemarkRequests metric."""
 
     def __repr__(self) -> str:
         return (
@@ -195,138 +155,203 @@ class BytemarkHttpSource:
         """Close the pooled connections."""
         self._session.close()
 
-    def fetch_passes(self, token: str) -> FetchedPasses:
-        """Both lists, every page; raises TokenRevoked, or UpstreamError for anything else that failed."""
+    def fetch_passes(self, token: str, budget_seconds: float) -> FetchedPasses:
+        """Both lists, every page, within ``budget_seconds``; TokenRevoked, DeadlineExceeded or UpstreamError."""
+        # The budget becomes a deadline on this client's own clock (the caller's clock may be another).
+        deadline = Deadline.after(self._clock(), budget_seconds)
         headers = _request_headers(token)
+        budget = _Budget(self._max_fetch_bytes)
         # Sequential on purpose: a revoked token or an outage is seen on the first list, and the second
         # one is then never asked for.
-        current = self._fetch_list(headers, V1_PATH, {})
-        expired = self._fetch_list(headers, V4_PATH, {"status": "EXPIRED"})
+        current = self._fetch_list(headers, V1_PATH, {}, deadline, budget)
+        expired = self._fetch_list(headers, V4_PATH, {"status": "EXPIRED"}, deadline, budget)
         return FetchedPasses(current=current, expired=expired)
 
-    def _fetch_list(self, headers: Mapping[str, str], path: str, params: Mapping[str, str]) -> list[Pass]:
-        passes: list[Pass] = []
-        page = 1
-        while True:
-            body = self._get_json(headers, path, {**params, "per_page": self._page_size, "page": page})
-            parsed = parse_pass_page(body, endpoint=path)
-            passes.extend(parsed.passes)
-            more = has_next_page(
-                page=page,
-                per_page=self._page_size,
-                page_count=parsed.page_count,
-                total_count=parsed.total_count,
-                next_link=parsed.next_link,
-            )
-            if not more:
-                return collapse_duplicates(passes)
-            if page >= self._max_pages:
-                # A truncated list would read as "passes removed" to the sync: refuse instead.
-                raise UpstreamError(
-                    f"Bytemark {path}: more than max_pages={self._max_pages} pages "
-                    f"(total_count={parsed.total_count}, per_page={self._page_size})",
-                    transient=False,
-                )
-            page += 1
+    def _fetch_list(
+        self,
+        headers: Mapping[str, str],
+        path: str,
+        params: dict[str, str],
+        deadline: Deadline,
+        budget: _Budget,
+    ) -> list[Pass]:
+        pager = ListPager(
+            base_url=self._base_url,
+            path=path,
+            params=params,
+            per_page=self._page_size,
+            max_pages=self._max_pages,
+            max_passes=self._max_passes_per_list,
+        )
+        url: str | None = pager.first_url
+        while url is not None:
+            body = self._get_json(url, headers, path, deadline, budget)
+            url = pager.add_page(body, url)
+        return pager.result()
 
-    def _get_json(self, headers: Mapping[str, str], path: str, params: Mapping[str, str | int]) -> object:
-        """One GET with bounded retries; the decoded JSON body of a 2xx answer."""
-        url = self._base_url + path
+    def _get_json(
+        self, url: str, headers: Mapping[str, str], endpoint: str, deadline: Deadline, budget: _Budget
+    ) -> object:
+        """One page with bounded retries: the decoded JSON body of a 2xx answer."""
         attempts = self._max_retries + 1
         for attempt in range(attempts):
-            retry_after: float | None = None
-            cause: BaseException | None = None
             try:
-                response = self._session.get(
-                    url, params=params, headers=headers, timeout=self._timeout, allow_redirects=False
-                )
-            except requests.Timeout as exc:
-                reason = "timed out"
-                cause = exc
-            except requests.ConnectionError as exc:
-                # Also covers resets while reading the body (requests re-raises them as ConnectionError).
-                reason = "connection failed or was reset"
-                cause = exc
-            except requests.RequestException as exc:
+                return self._attempt(url, headers, endpoint, deadline, budget)
+            except _Retryable as failure:
+                reason, retry_after, cause = failure.reason, failure.retry_after, failure.__cause__
+            left = deadline.remaining(self._clock())
+            if retry_after is not None and retry_after > min(self._max_retry_after, left):
+                # Waiting that long would eat the invocation; let the caller retry later instead.
+                limit = "the time left" if left < self._max_retry_after else f"{self._max_retry_after:g}s"
                 raise UpstreamError(
-                    f"Bytemark {path}: request failed ({type(exc).__name__})", transient=False
-                ) from exc
-            else:
-                status = response.status_code
-                body = _decode_json(response.content)
-                if status == 401 or is_revocation(body):
-                    raise TokenRevoked()
-                if 200 <= status < 300:
-                    if body is _UNDECODABLE:
-                        raise _unusable(path, f"HTTP {status} with a body that is not valid JSON")
-                    return body
-                if status < 500 and status not in _TRANSIENT_4XX:
-                    raise _unusable(path, f"HTTP {status}")
-                reason = f"HTTP {status}"
-                if status in (429, 503):
-                    retry_after = parse_retry_after(response.headers.get("Retry-After"), now=self._clock())
-                    if retry_after is not None and retry_after > self._max_retry_after:
-                        # Waiting that long would eat the invocation; let the caller retry later instead.
-                        raise UpstreamError(
-                            f"Bytemark {path}: {reason}, Retry-After {retry_after:g}s exceeds "
-                            f"{self._max_retry_after:g}s",
-                            transient=True,
-                            retry_after=retry_after,
-                        ) from None
+                    f"Bytemark {endpoint}: {reason}, Retry-After {retry_after:g}s exceeds {limit}",
+                    transient=True,
+                    retry_after=retry_after,
+                ) from None
             if attempt + 1 >= attempts:
                 raise UpstreamError(
-                    f"Bytemark {path}: {reason} (gave up after {attempts} attempts)",
+                    f"Bytemark {endpoint}: {reason} (gave up after {attempts} attempts)",
                     transient=True,
                     retry_after=retry_after,
                 ) from cause
-            delay = (
-                retry_after
-                if retry_after is not None
-                else backoff_delay(attempt, base=self._backoff_base, cap=self._backoff_cap, rng=self._rng)
-            )
+            if retry_after is not None:
+                delay = retry_after
+            else:
+                delay = backoff_delay(attempt, base=self._backoff_base, cap=self._backoff_cap, rng=self._rng)
+            if delay >= left:
+                raise UpstreamError(
+                    f"Bytemark {endpoint}: {reason} (no time left before the deadline to try again)",
+                    transient=True,
+                    retry_after=retry_after,
+                ) from cause
             logger.warning(
                 "bytemark request retried",
-                extra={"endpoint": path, "reason": reason, "attempt": attempt + 1, "delay_seconds": delay},
+                extra={
+                    "endpoint": endpoint,
+                    "reason": reason,
+                    "attempt": attempt + 1,
+                    "delay_seconds": delay,
+                },
             )
             self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover - the loop always returns or raises
 
+    def _attempt(
+        self, url: str, headers: Mapping[str, str], endpoint: str, deadline: Deadline, budget: _Budget
+    ) -> object:
+        """One request and its whole answer; raises _Retryable for what another attempt may fix."""
+        now = self._clock()
+        if deadline.remaining(now) <= _DEADLINE_SLACK:
+            raise DeadlineExceeded(f"Bytemark {endpoint}: no time left before the deadline for a request")
+        timeout = (deadline.cap(self._connect_timeout, now), deadline.cap(self._timeout_seconds, now))
+        attempt_end = deadline.earlier(Deadline.after(now, self._timeout_seconds))
+        with self._count_lock:
+            self.requests_sent += 1
+        try:
+            response = self._session.get(
+                url, headers=headers, timeout=timeout, allow_redirects=False, stream=True
+            )
+        except requests.Timeout as exc:
+            raise self._timed_out(endpoint, deadline, "timed out") from exc
+        except requests.ConnectionError as exc:
+            raise _Retryable("connection failed or was reset") from exc
+        except requests.RequestException as exc:
+            raise UpstreamError(
+                f"Bytemark {endpoint}: request failed ({type(exc).__name__})", transient=False
+            ) from exc
+        with response:
+            status = response.status_code
+            try:
+                content: bytes | bytearray = self._read_body(
+                    response, endpoint, deadline, attempt_end, budget
+                )
+            except (UpstreamError, _Retryable) as exc:
+                # An error answer is classified by its status; its body matters only for 50020.
+                transient = isinstance(exc, _Retryable) or exc.transient
+                if status != 401 and (transient or 200 <= status < 300):
+                    raise
+                content = b""
+        body = decode_json(content)
+        if status == 401 or is_revocation(body):
+            raise TokenRevoked()
+        if 200 <= status < 300:
+            if body is UNDECODABLE:
+                raise unusable(endpoint, f"HTTP {status} with a body that is not valid JSON")
+            return body
+        if status < 500 and status not in _TRANSIENT_4XX:
+            raise unusable(endpoint, f"HTTP {status}")
+        retry_after = None
+        if status in (429, 503):
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), now=self._clock())
+        raise _Retryable(f"HTTP {status}", retry_after)
 
-_UNDECODABLE: Any = object()
-"""Marker for a body that is not JSON (distinct from a JSON ``null``)."""
+    def _read_body(
+        self,
+        response: requests.Response,
+        endpoint: str,
+        deadline: Deadline,
+        attempt_end: Deadline,
+        budget: _Budget,
+    ) -> bytearray:
+        """The whole answer body, decompressed, within every bound and before ``attempt_end``."""
+        declared = _content_length(response)
+        if declared is not None and declared > self._max_answer_bytes:
+            raise unusable(
+                endpoint, f"answer of {declared} bytes exceeds MAX_ANSWER_BYTES={self._max_answer_bytes}"
+            )
+        bound = None
+        if budget.left < self._max_answer_bytes:
+            bound = f"the MAX_FETCH_BYTES={self._max_fetch_bytes} bytes of one fetch"
+        decoder = BodyDecoder(
+            response.headers.get("Content-Encoding"),
+            endpoint=endpoint,
+            max_received=self._max_answer_bytes,
+            max_decoded=min(self._max_answer_bytes, budget.left),
+            decoded_bound=bound,
+        )
+        raw = response.raw
+        while True:
+            now = self._clock()
+            if deadline.expired(now):
+                raise DeadlineExceeded(
+                    f"Bytemark {endpoint}: the answer was still incomplete at the deadline"
+                )
+            if attempt_end.expired(now):
+                raise _Retryable(f"timed out: no complete answer within {self._timeout_seconds:g}s")
+            _set_socket_timeout(raw, attempt_end.cap(self._timeout_seconds, now))
+            try:
+                chunk = raw.read1(_CHUNK_BYTES, decode_content=False)
+            except (ReadTimeoutError, TimeoutError) as exc:
+                raise self._timed_out(endpoint, deadline, "timed out while reading the answer") from exc
+            except (Urllib3Error, http.client.HTTPException, OSError) as exc:
+                raise _Retryable("connection reset or answer cut short") from exc
+            if not chunk:
+                break
+            decoder.feed(chunk)
+        if declared is not None and decoder.received < declared:
+            raise _Retryable("answer cut short")
+        content = decoder.finish()
+        budget.left -= decoder.decoded
+        return content
+
+    def _timed_out(self, endpoint: str, deadline: Deadline, what: str) -> Exception:
+        """DeadlineExceeded when the timeout was the deadline's, else a retryable timeout."""
+        if deadline.remaining(self._clock()) <= _DEADLINE_SLACK:
+            return DeadlineExceeded(f"Bytemark {endpoint}: {what} at the deadline")
+        return _Retryable(what)
 
 
-def _decode_json(content: bytes) -> object:
-    try:
-        return json.loads(content)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return _UNDECODABLE
+def _content_length(response: requests.Response) -> int | None:
+    value = response.headers.get("Content-Length", "").strip()
+    return int(value) if value.isascii() and value.isdigit() else None
 
 
-def _error_codes(body: object) -> list[int]:
-    """The numeric ``errors[].code`` values of an envelope (codes sent as digit strings count too)."""
-    if not isinstance(body, dict):
-        return []
-    errors = body.get("errors")
-    if not isinstance(errors, list):
-        return []
-    codes: list[int] = []
-    for error in errors:
-        code = error.get("code") if isinstance(error, dict) else None
-        if _is_int(code):
-            codes.append(code)
-        elif isinstance(code, str) and code.strip().isdigit():
-            codes.append(int(code.strip()))
-    return codes
-
-
-def _is_int(value: object) -> TypeGuard[int]:
-    # bool is an int subclass; ``true`` is not a count.
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _unusable(endpoint: str, reason: str) -> UpstreamError:
-    return UpstreamError(f"Bytemark {endpoint}: {reason}", transient=False)
+def _set_socket_timeout(raw: Any, seconds: float) -> None:
+    """Bound the next read of a streaming answer; skipped when the socket cannot be reached (or is gone)."""
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    if sock is not None and seconds > 0:
+        with contextlib.suppress(OSError, AttributeError):
+            sock.settimeout(seconds)
 
 
 def _request_headers(token: str) -> dict[str, str]:
@@ -337,6 +362,7 @@ def _request_headers(token: str) -> dict[str, str]:
     return {
         "Authorization": f"Bearer {token}",
         "Accept": "application/json",
+        "Accept-Encoding": ACCEPT_ENCODING,
         "User-Agent": USER_AGENT,
     }
 

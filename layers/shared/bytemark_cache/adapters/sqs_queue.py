@@ -1,8 +1,10 @@
-"""SqsUpdateQueue: the update queue (SPEC §7 ``user_updates`` bodies) on Amazon SQS.
+"""The update queue on Amazon SQS: sending (``SqsUpdateQueue``) and redelivery (``SqsRedelivery``).
 
 Messages go out in ``SendMessageBatch`` calls of at most 10; entries SQS reports as failed (and whole
-calls that failed) are sent again a bounded number of times with jittered exponential backoff. The
-boto3 client is created on first use, so a test's endpoint or moto mock is in place by then.
+calls that failed) are sent again a bounded number of times with jittered exponential backoff. A message
+the consumer could not process comes back after a growing delay (``ChangeMessageVisibility``) or, when it
+can never succeed, goes to the dead-letter queue at once. boto3 clients are created on first use, so a
+test's endpoint or moto mock is in place by then.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+from bytemark_cache.domain.backoff import backoff_delay
 from bytemark_cache.domain.model import UpdateMessage
 from bytemark_cache.errors import StoreError
 
@@ -46,6 +49,7 @@ class SqsUpdateQueue:
         self._max_attempts = max_attempts
         self._backoff_seconds = backoff_seconds
         self._sleep = sleep
+        self._rng = random.Random()
 
     def enqueue(self, messages: Sequence[UpdateMessage]) -> None:
         """Send every message (batches of 10, failures retried); StoreError names how many never went."""
@@ -96,26 +100,75 @@ class SqsUpdateQueue:
                     extra={"failed": len(pending), "attempt": attempt},
                 )
                 # Full jitter keeps many concurrent senders from retrying in lock-step.
-                self._sleep(random.uniform(0, self._backoff_seconds * 2 ** (attempt - 1)))
+                self._sleep(backoff_delay(attempt - 1, base=self._backoff_seconds, cap=5.0, rng=self._rng))
         return len(pending), last_error
 
     def _client(self) -> Any:
         if self._client_instance is None:
-            # Imported here: boto3 costs import time, and only the functions that enqueue need it.
-            import boto3
-            from botocore.config import Config
-
-            self._client_instance = boto3.client(
-                "sqs",
-                endpoint_url=self._endpoint_url,
-                region_name=self._region,
-                config=Config(
-                    connect_timeout=3,
-                    read_timeout=10,
-                    retries={"max_attempts": 3, "mode": "standard"},
-                ),
-            )
+            self._client_instance = sqs_client(self._endpoint_url, self._region)
         return self._client_instance
+
+
+class SqsRedelivery:
+    """Redelivery on SQS: a later visibility for transient failures, the DLQ at once for permanent ones."""
+
+    def __init__(
+        self,
+        queue_url: str,
+        dead_letter_queue_url: str | None,
+        *,
+        client: Any | None = None,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+    ) -> None:
+        self._queue_url = queue_url
+        self._dead_letter_queue_url = dead_letter_queue_url
+        self._client_instance = client
+        self._endpoint_url = endpoint_url
+        self._region = region
+
+    def retry_later(self, receipt_handle: str, delay_seconds: int) -> None:
+        """Hide the message for ``delay_seconds`` more; StoreError when SQS refused."""
+        try:
+            self._client().change_message_visibility(
+                QueueUrl=self._queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=delay_seconds
+            )
+        except Exception as exc:
+            raise StoreError(f"SQS ChangeMessageVisibility failed: {_describe(exc)}") from exc
+
+    def dead_letter(self, body: str, reason: str, message_id: str) -> None:
+        """Send the body to the DLQ with why and which message it was; StoreError when that failed."""
+        if not self._dead_letter_queue_url:
+            raise StoreError("no dead-letter queue configured (UPDATE_DLQ_URL)")
+        try:
+            self._client().send_message(
+                QueueUrl=self._dead_letter_queue_url,
+                MessageBody=body,
+                MessageAttributes={
+                    "failure_reason": {"DataType": "String", "StringValue": reason[:1000] or "unknown"},
+                    "original_message_id": {"DataType": "String", "StringValue": message_id or "unknown"},
+                },
+            )
+        except Exception as exc:
+            raise StoreError(f"SQS send to the dead-letter queue failed: {_describe(exc)}") from exc
+
+    def _client(self) -> Any:
+        if self._client_instance is None:
+            self._client_instance = sqs_client(self._endpoint_url, self._region)
+        return self._client_instance
+
+
+def sqs_client(endpoint_url: str | None, region: str | None) -> Any:
+    """A boto3 SQS client with short timeouts (imported here: boto3 costs import time)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "sqs",
+        endpoint_url=endpoint_url,
+        region_name=region,
+        config=Config(connect_timeout=3, read_timeout=10, retries={"max_attempts": 3, "mode": "standard"}),
+    )
 
 
 def _describe(exc: Exception) -> str:

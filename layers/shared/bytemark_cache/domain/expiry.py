@@ -7,7 +7,7 @@ from datetime import UTC, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from bytemark_cache.domain.passes import EXPIRED, USABLE, USING, parse_bytemark_time
+from bytemark_cache.domain.passes import EXPIRED, USABLE, USING, parse_bytemark_time, time_or_none
 
 DEFAULT_TIMEZONE = "America/Chicago"
 DEFAULT_DAY_PASS_LABEL = "Day Pass"  # noqa: S105 - a product label, not a secret
@@ -69,8 +69,8 @@ def effective_status(
         return status
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
-    first_use = _time_or_none(pass_.get("first_use"))
-    expires_at = _time_or_none(pass_.get("expiration"))
+    first_use = time_or_none(pass_.get("first_use"))
+    expires_at = time_or_none(pass_.get("expiration"))
     if first_use is not None and is_day_pass(pass_, day_pass_label):
         day_end = day_pass_expiration(first_use, tz)
         expires_at = day_end if expires_at is None else min(expires_at, day_end)
@@ -79,10 +79,3 @@ def effective_status(
     if status == USABLE and first_use is not None:
         return USING
     return status
-
-
-def _time_or_none(value: object) -> datetime | None:
-    try:
-        return parse_bytemark_time(value)
-    except ValueError:
-        return None

@@ -1,4 +1,4 @@
-"""Validation of what the triggers hand in: update-queue bodies and back-fill schedule input (SPEC §7)."""
+"""Validation of what the triggers hand in: update-queue bodies and back-fill schedule input (contract §7)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import json
 from dataclasses import dataclass
 from typing import Any, cast
 
+from bytemark_cache.domain.identity import MAX_USER_ID, is_user_id
 from bytemark_cache.domain.model import BackfillMode, UpdateMessage, UpdateReason
 from bytemark_cache.errors import InvalidInput
 
-UPDATE_REASONS: tuple[UpdateReason, ...] = ("purchase", "activation", "backfill", "manual")
-BACKFILL_MODES: tuple[BackfillMode, ...] = ("missing", "stale")
+UPDATE_REASONS: tuple[UpdateReason, ...] = ("purchase", "activation", "backfill", "manual", "refresh")
+BACKFILL_MODES: tuple[BackfillMode, ...] = ("due", "missing", "stale", "prune")
 _MAX_BODY_BYTES = 4096
 _MAX_UUID_LENGTH = 128
 _MAX_RUN_ID_LENGTH = 200
-_MAX_USER_ID = 2_147_483_647  # MySQL INT, the type of bytemark_tokens.user_id
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,10 @@ class BackfillRequest:
 
 
 def parse_update_message(body: str) -> UpdateMessage:
-    """An update-queue body → UpdateMessage; InvalidInput names what is wrong."""
+    """An update-queue body → UpdateMessage; InvalidInput names what is wrong.
+
+    Fields a producer adds later are ignored (forward compatible); the known ones are checked strictly.
+    """
     if len(body.encode()) > _MAX_BODY_BYTES:
         raise InvalidInput(f"body larger than {_MAX_BODY_BYTES} bytes")
     try:
@@ -36,10 +39,9 @@ def parse_update_message(body: str) -> UpdateMessage:
         raise InvalidInput("body is not JSON") from exc
     if not isinstance(data, dict):
         raise InvalidInput("body must be a JSON object")
-    unknown = sorted(set(data) - {"user_id", "reason", "pass_uuid"})
-    if unknown:
-        raise InvalidInput(f"unknown fields: {', '.join(unknown)}")
-    user_id = _positive_int(data.get("user_id"), "user_id")
+    user_id = data.get("user_id")
+    if not is_user_id(user_id):
+        raise InvalidInput(f"user_id must be an integer from 1 to {MAX_USER_ID}")
     reason = data.get("reason")
     if reason not in UPDATE_REASONS:
         raise InvalidInput(f"reason must be one of {', '.join(UPDATE_REASONS)}")
@@ -67,12 +69,6 @@ def parse_backfill_request(event: Any) -> BackfillRequest:
     if run_id is not None and (not isinstance(run_id, str) or not run_id or len(run_id) > _MAX_RUN_ID_LENGTH):
         raise InvalidInput(f"run_id must be a non-empty string of at most {_MAX_RUN_ID_LENGTH} characters")
     return BackfillRequest(mode=cast(BackfillMode, mode), cursor=cursor, run_id=run_id)
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _MAX_USER_ID:
-        raise InvalidInput(f"{name} must be a positive integer (at most {_MAX_USER_ID})")
-    return int(value)
 
 
 def _non_negative_int(value: Any, name: str) -> int:

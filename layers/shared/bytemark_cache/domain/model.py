@@ -1,9 +1,9 @@
-"""Shapes shared by the domain, the ports and the adapters (SPEC §4)."""
+"""Shapes shared by the domain, the ports and the adapters (the cache document is docs/contract.md §4)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 Pass = dict[str, Any]
 """One Bytemark pass exactly as received (key order kept); stored untouched as an element's ``payload``."""
@@ -13,15 +13,30 @@ Element = dict[str, Any]
 Fields older writers added (``_id`` …) ride along untouched."""
 
 CacheDocument = dict[str, Any]
-"""One user's cache document: ``user_id, timestamp, passes, passes4, sync_revision`` (+ unknown fields)."""
+"""One stored cache document as MongoDB returns it (with ``_id``), whatever shape its writer gave it."""
 
 ListName = Literal["passes", "passes4"]
-LogAction = Literal["created", "updated", "removed"]
-UpdateReason = Literal["purchase", "activation", "backfill", "manual"]
-BackfillMode = Literal["missing", "stale"]
+"""The two arrays: ``passes`` mirrors Bytemark's current list, ``passes4`` keeps the expired history."""
 
-REVISION_FIELD = "sync_revision"
-"""Optimistic-concurrency counter on the cache document; absent on documents the Node service wrote."""
+LogAction = Literal["created", "updated", "removed"]
+UpdateReason = Literal["purchase", "activation", "backfill", "manual", "refresh"]
+BackfillMode = Literal["missing", "stale", "due", "prune"]
+
+HISTORY: Final[ListName] = "passes4"
+"""The expired history's array. In code it is "history" everywhere; the document field keeps the name the
+Node service gave it."""
+
+CURRENT: Final[ListName] = "passes"
+
+# Fields of the cache document this service writes besides the two arrays (docs/contract.md §4).
+REVISION_FIELD: Final = "sync_revision"
+"""Incremented by every write; the claim and the write guard name it. Absent on Node documents (= 0)."""
+NEXT_SYNC_FIELD: Final = "next_sync_at"
+"""Unix seconds when the freshness policy wants this user synced again (indexed: the ``due`` back-fill)."""
+ACTIVE_FIELD: Final = "active_at"
+"""Unix seconds of the rider's last open or purchase that led to a sync (an input of the policy)."""
+PENDING_LOG_FIELD: Final = "log_pending"
+"""Change-log entries written with the document and not yet confirmed in the log collection."""
 
 
 @dataclass(frozen=True)
@@ -34,8 +49,9 @@ class FetchedPasses:
 
 @dataclass(frozen=True)
 class LogEntry:
-    """One change-log document (SPEC §4)."""
+    """One change-log document (docs/contract.md §4); ``entry_id`` makes its insert idempotent."""
 
+    entry_id: str
     user_id: int
     timestamp: int
     uuid: str
@@ -48,6 +64,7 @@ class LogEntry:
     def to_document(self) -> dict[str, Any]:
         """The MongoDB document for this entry."""
         return {
+            "_id": self.entry_id,
             "user_id": self.user_id,
             "timestamp": self.timestamp,
             "uuid": self.uuid,
@@ -58,60 +75,101 @@ class LogEntry:
             "previous_hash": self.previous_hash,
         }
 
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> LogEntry:
+        """An entry read back (from ``log_pending``); raises KeyError/TypeError for something else."""
+        return cls(
+            entry_id=str(document["_id"]),
+            user_id=int(document["user_id"]),
+            timestamp=int(document["timestamp"]),
+            uuid=str(document["uuid"]),
+            status=str(document["status"]),
+            action=document["action"],
+            list=document["list"],
+            payload_hash=document.get("payload_hash"),
+            previous_hash=document.get("previous_hash"),
+        )
+
 
 @dataclass(frozen=True)
 class ListChanges:
-    """What a sync changes in one array of the cache document.
+    """What a sync does to one array, as one set of paths the store can write in a single statement.
 
-    A store applies them in this order: ``updated`` (by index into the *old* array; only the wrapper
-    fields ``status, payload, payload_hash, timestamp`` are set so unknown element fields survive),
-    then ``removed`` (by ``pass_uuid``), then ``appended`` (to the end, in order). When ``rewrite`` is
-    true the order cannot be reached that way and the store replaces the whole array with ``final``.
-    ``final`` is always the complete resulting array.
+    Either ``rewrite`` (the store sets the whole array to ``final``) or in place: ``updated`` elements
+    replace the element at that index of the stored array, ``appended`` ones go at the indexes from
+    ``stored_length`` on. ``final`` is always the complete resulting array.
     """
 
     name: ListName
     final: list[Element]
-    updated: list[tuple[int, Element]] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    appended: list[Element] = field(default_factory=list)
     rewrite: bool = False
+    updated: list[tuple[int, Element]] = field(default_factory=list)
+    appended: list[Element] = field(default_factory=list)
+    stored_length: int = 0
 
     @property
     def changed(self) -> bool:
         """True when anything in this array must be written."""
-        return bool(self.updated or self.removed or self.appended or self.rewrite)
+        return bool(self.rewrite or self.updated or self.appended)
+
+
+@dataclass(frozen=True)
+class WriteGuard:
+    """The stored state a plan was computed from; the store writes only while the document is still in it.
+
+    ``document_id`` is the stored ``_id``. ``fields`` holds the raw stored values of the guarded fields
+    (``sync_revision``, ``timestamp``), ``missing`` the guarded fields the document did not have: every
+    writer of this service moves the revision, and the Node service rewrites the timestamp on every write
+    without knowing the revision, so either kind of concurrent write makes the guard miss.
+    """
+
+    document_id: Any
+    fields: dict[str, Any]
+    missing: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class SyncPlan:
-    """The whole outcome of one sync decision: the writes, the log and the new document timestamp.
+    """One write: the array changes, the document fields to set, and the change-log entries.
 
-    ``base_revision`` is the ``sync_revision`` of the document the plan was computed from (0 when the
-    field is absent); ``None`` means there was no document and the plan creates one.
+    ``guard`` None means there is no document and the plan creates one. ``fields`` holds the top-level
+    fields to set (``timestamp``, ``next_sync_at``, a normalised ``user_id`` …) and ``unset`` the ones to
+    remove; ``revision`` is the revision the write produces. ``log`` is this write's change-log entries;
+    ``carried_log`` the entries an earlier write left in ``log_pending`` (written again, idempotently).
     """
 
     user_id: int
-    timestamp: int
-    base_revision: int | None
+    guard: WriteGuard | None
+    revision: int
     passes: ListChanges
-    passes4: ListChanges
+    history: ListChanges
+    fields: dict[str, Any]
     log: list[LogEntry]
+    carried_log: list[LogEntry] = field(default_factory=list)
+    unset: tuple[str, ...] = ()
 
     @property
     def creates(self) -> bool:
         """True when there was no cache document (a build)."""
-        return self.base_revision is None
+        return self.guard is None
 
     @property
     def changed_passes(self) -> int:
-        """How many log entries (created/updated/removed passes) the plan writes."""
+        """How many passes this write creates, updates or removes."""
         return len(self.log)
+
+    def log_to_write(self) -> list[LogEntry]:
+        """Every entry the write must see in the log collection: the carried ones first."""
+        return [*self.carried_log, *self.log]
+
+    def lists(self) -> tuple[ListChanges, ListChanges]:
+        """Both arrays' changes."""
+        return (self.passes, self.history)
 
 
 @dataclass(frozen=True)
 class UpdateMessage:
-    """One message on the update queue (SPEC §7 ``user_updates`` body)."""
+    """One message on the update queue (docs/contract.md §7 ``user_updates`` body)."""
 
     user_id: int
     reason: UpdateReason

@@ -80,7 +80,7 @@ def creation_key(pass_: Mapping[str, Any]) -> CreationKey:
     """
     uuid = pass_.get("uuid")
     uuid_text = uuid if isinstance(uuid, str) else ""
-    created = _time_or_none(pass_.get("time_created"))
+    created = time_or_none(pass_.get("time_created"))
     if created is None:
         return (0, _NO_TIME, uuid_text)
     return (1, created, uuid_text)
@@ -109,12 +109,12 @@ def collapse_duplicates(passes: Iterable[Pass]) -> list[Pass]:
 
 
 def _modified_key(pass_: Pass) -> tuple[int, datetime]:
-    modified = _time_or_none(pass_.get("time_modified"))
+    modified = time_or_none(pass_.get("time_modified"))
     return (0, _NO_TIME) if modified is None else (1, modified)
 
 
-def _time_or_none(value: object) -> datetime | None:
-    """Like parse_bytemark_time, but garbage is None: ordering must never fail on one odd pass."""
+def time_or_none(value: object) -> datetime | None:
+    """Like parse_bytemark_time, but garbage is None: ordering or a read must never fail on one odd pass."""
     try:
         return parse_bytemark_time(value)
     except ValueError:

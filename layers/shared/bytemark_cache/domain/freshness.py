@@ -1,0 +1,116 @@
+"""The freshness policy, pure: when a user's cache is synced again, and whether a read may skip waiting.
+
+Every rule and constant lives here, with its reason. Purchases and activations arrive through the update
+queue at once; this policy decides everything else:
+
+- ``next_sync_at`` (after each sync): the earliest of
+  * the next known transition of a current pass (its expiration, a day pass's end of local day), a little
+    after it, so what Bytemark does at that moment (moving the pass to the history) reaches the cache;
+  * a short interval while a pass is in use: rides change it at the validators, not in the app;
+  * a medium interval while the rider is active (opened the app or bought recently);
+  * a slow floor for everyone else: changes made outside the app (web purchases, refunds) arrive within it.
+- ``read_action`` (on ``GET /tickets``): a cache younger than the TTL is served as is; an older one is
+  served at once with a refresh queued behind the rider, unless a pass may have changed state since the
+  cache was written (a known transition passed, or a pass is in use): then the read syncs first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+from bytemark_cache.domain.expiry import day_pass_expiration, effective_status, is_day_pass
+from bytemark_cache.domain.passes import USING, time_or_none
+
+ReadAction = Literal["serve", "refresh_behind", "sync_inline"]
+
+TRANSITION_GRACE_SECONDS: Final = 120
+"""Sync this long after a known transition: Bytemark applies time-driven changes on its own schedule."""
+
+RIDING_INTERVAL_SECONDS: Final = 30 * 60
+"""While a pass is in use its uses and transfers change at the validators, which the app never hears of."""
+
+ACTIVE_WINDOW_SECONDS: Final = 24 * 3600
+"""A rider who opened the app or bought within this window is likely to open it again soon."""
+
+ACTIVE_INTERVAL_SECONDS: Final = 4 * 3600
+"""How often an active rider's cache is refreshed in the background, so the next open is fresh and fast."""
+
+DORMANT_FLOOR_SECONDS: Final = 24 * 3600
+"""Everyone is synced at least this often: what changes outside the app (web purchases, refunds, support
+edits) shows within a day even for riders who never open it. The Node service did this every hour."""
+
+REVOKED_RECHECK_SECONDS: Final = 24 * 3600
+"""A user whose token Bytemark refused is tried again after this long (the portal replaces tokens)."""
+
+FAILED_SYNC_RETRY_SECONDS: Final = 15 * 60
+"""A due user taken by the back-fill is held this long: its sync is queued; if it fails it is due again."""
+
+
+@dataclass(frozen=True)
+class FreshnessPolicy:
+    """The policy with the settings it depends on (the read TTL and the agency's day-pass rule)."""
+
+    ttl_seconds: int
+    day_pass_label: str
+    timezone: str
+
+    def next_sync_at(self, passes: Iterable[Mapping[str, Any]], *, now: int, active_at: int | None) -> int:
+        """When to sync this user next, from the current passes just written and the rider's activity."""
+        moment = _utc(now)
+        elements = list(passes)  # read twice below: an iterator would be empty the second time
+        candidates = [now + DORMANT_FLOOR_SECONDS]
+        transition = self.next_transition(elements, now)
+        if transition is not None:
+            candidates.append(transition + TRANSITION_GRACE_SECONDS)
+        if any(self._in_use(element, moment) for element in elements):
+            candidates.append(now + RIDING_INTERVAL_SECONDS)
+        if active_at is not None and now - active_at < ACTIVE_WINDOW_SECONDS:
+            candidates.append(now + ACTIVE_INTERVAL_SECONDS)
+        return min(candidates)
+
+    def read_action(
+        self, passes: Iterable[Mapping[str, Any]], *, synced_at: int | None, now: int
+    ) -> ReadAction:
+        """What ``GET /tickets`` does with a cache synced at ``synced_at`` (None: unknown, so stale)."""
+        if synced_at is not None and now - synced_at < self.ttl_seconds:
+            return "serve"
+        if synced_at is None:
+            return "sync_inline"
+        elements = list(passes)
+        transition = self.next_transition(elements, synced_at)
+        if transition is not None and transition <= now:
+            return "sync_inline"
+        if any(self._in_use(element, _utc(now)) for element in elements):
+            return "sync_inline"
+        return "refresh_behind"
+
+    def next_transition(self, passes: Iterable[Mapping[str, Any]], after: int) -> int | None:
+        """The earliest instant after ``after`` at which a pass changes state by the clock alone."""
+        instants = [
+            instant for element in passes for instant in self._transitions(element) if instant > after
+        ]
+        return min(instants) if instants else None
+
+    def _transitions(self, element: Mapping[str, Any]) -> list[int]:
+        payload = element.get("payload")
+        pass_: Mapping[str, Any] = payload if isinstance(payload, Mapping) else element
+        instants: list[int] = []
+        expiration = time_or_none(pass_.get("expiration"))
+        if expiration is not None:
+            instants.append(int(expiration.timestamp()))
+        first_use = time_or_none(pass_.get("first_use"))
+        if first_use is not None and is_day_pass(pass_, self.day_pass_label):
+            instants.append(int(day_pass_expiration(first_use, self.timezone).timestamp()))
+        return instants
+
+    def _in_use(self, element: Mapping[str, Any], moment: datetime) -> bool:
+        return (
+            effective_status(element, moment, day_pass_label=self.day_pass_label, tz=self.timezone) == USING
+        )
+
+
+def _utc(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
