@@ -39,17 +39,34 @@ def test_help_works_without_any_configuration() -> None:
     result = cli("--help", env={})
 
     assert result.returncode == 0, result.stderr
-    for command in ("show", "sync", "log", "backfill"):
+    for command in ("show", "sync", "log", "backfill", "doctor", "migrate", "ensure-indexes"):
         assert command in result.stdout
     assert result.stderr == ""
 
 
-def test_command_help_works_without_any_configuration() -> None:
-    result = cli("backfill", "--help", env={})
+@pytest.mark.parametrize(
+    ("command", "options"),
+    [
+        ("backfill", ("--mode {due,missing,stale,prune}", "--dry-run", "--cursor N")),
+        ("sync", ("--timeout SECONDS",)),
+        ("doctor", ("--max-bytes N", "--token-scan-limit N", "--batch-size N")),
+        ("migrate", ("--apply", "--after ID", "--batch-size N", "--duplicates-collection NAME")),
+        ("ensure-indexes", ("--json",)),
+    ],
+)
+def test_command_help_works_without_any_configuration(command: str, options: tuple[str, ...]) -> None:
+    result = cli(command, "--help", env={})
 
     assert result.returncode == 0, result.stderr
-    assert "--mode {missing,stale}" in result.stdout
-    assert "--dry-run" in result.stdout
+    for option in options:
+        assert option in result.stdout
+
+
+def test_ensure_indexes_asks_only_for_the_mongodb_settings() -> None:
+    result = cli("ensure-indexes", env={"MYSQL_PASSWORD": "not-shown"})
+
+    assert result.returncode == 5
+    assert result.stderr == "bytemark-cache: error: configuration error: MONGODB_URI is required\n"
 
 
 def test_missing_settings_exit_5_naming_every_one() -> None:
