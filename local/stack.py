@@ -216,6 +216,13 @@ def up() -> None:
         **os.environ,
     }
     subprocess.run([str(ROOT / "local" / "services.sh"), "up"], check=True, env=provisioning)
+    # The deploy step a real deployment runs before the functions (they never create indexes).
+    subprocess.run(
+        [str(Path(sys.executable).parent / "bytemark-cache"), "--json", "ensure-indexes"],
+        check=True,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+    )
     child_env = {**os.environ, **env, "PYTHONPATH": str(ROOT / "local")}
     simulator_port = env["BYTEMARK_API_URL"].rsplit(":", 1)[-1]
     if _get(f"{env['BYTEMARK_API_URL']}/__admin/health") != 200:

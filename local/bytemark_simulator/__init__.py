@@ -1,4 +1,4 @@
-"""A local stand-in for the Bytemark API (SPEC §2) with an admin API for seeding data and injecting faults.
+"""A local stand-in for the Bytemark API (contract §2), with an admin API to seed data and inject faults.
 
 In-process::
 

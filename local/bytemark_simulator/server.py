@@ -1,4 +1,4 @@
-"""The HTTP side: Bytemark's two pass endpoints (SPEC §2), the ``/__admin/`` API and ``SimulatorServer``.
+"""The HTTP side: Bytemark's two pass endpoints (contract §2), the ``/__admin/`` API and ``SimulatorServer``.
 
 Standard library only, so the simulator starts instantly anywhere. Requests are served concurrently on
 daemon threads; ``stop()`` wakes every handler that is sleeping on a fault and cuts open keep-alive

@@ -22,12 +22,12 @@ from bytemark_simulator import SimulatorServer
 
 pytestmark = pytest.mark.integration
 
-SPEC_VECTOR_TEXT = (
+CONTRACT_VECTOR_TEXT = (
     '{"uuid":"p-1","status":"USABLE","first_use":null,"expiration":null,"price":2.0,'
     '"label_name":"Local Day Pass \u2013 Adult \u00e9","time_created":"2024-03-10T05:30:00.000Z",'
     '"n":{"b":1,"a":[1,2.50]}}'
 )
-SPEC_VECTOR_HASH = "fa6c6c27a16aeaec93c851d050164211"
+CONTRACT_VECTOR_HASH = "fa6c6c27a16aeaec93c851d050164211"
 NODE_HASHES = """
 const crypto = require("crypto");
 const answer = JSON.parse(require("fs").readFileSync(0, "utf8"));
@@ -53,12 +53,12 @@ def test_spec_vector_served_over_http_hashes_like_node(
     bytemark: SimulatorServer, client: BytemarkHttpSource
 ) -> None:
     bytemark.admin.seed_user(1, "tok-1", current=0, expired=0)
-    bytemark.admin.put_pass(1, SPEC_VECTOR_TEXT, "current")  # served byte for byte: 2.0, 2.50, UTF-8
+    bytemark.admin.put_pass(1, CONTRACT_VECTOR_TEXT, "current")  # served byte for byte: 2.0, 2.50, UTF-8
 
     fetched = client.fetch_passes("tok-1", 10.0)
     plan = plan_sync(1, None, prepare_fresh(fetched), 1_718_425_800, history_limit=10, write_id="w")
 
-    assert [element["payload_hash"] for element in plan.passes.final] == [SPEC_VECTOR_HASH]
+    assert [element["payload_hash"] for element in plan.passes.final] == [CONTRACT_VECTOR_HASH]
 
 
 def test_stored_hashes_of_realistic_answers_equal_nodes(

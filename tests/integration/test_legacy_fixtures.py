@@ -42,8 +42,8 @@ pytestmark = pytest.mark.integration
 type Stored = dict[ObjectId, dict[str, Any]]
 type Detector = Callable[[dict[str, Any], LegacyDocument, Stored], bool]
 
-SPEC_KEYS = ["_id", "user_id", "timestamp", "passes", "passes4"]
-SPEC_ELEMENT_KEYS = ["pass_uuid", "timestamp", "status", "free_ticket_status", "payload", "payload_hash"]
+CONTRACT_KEYS = ["_id", "user_id", "timestamp", "passes", "passes4"]
+CONTRACT_ELEMENT_KEYS = ["pass_uuid", "timestamp", "status", "free_ticket_status", "payload", "payload_hash"]
 MD5_HEX = re.compile(r"[0-9a-f]{32}")
 MS_FLOOR = 10**12
 SECONDS_CEILING = 10**11
@@ -96,7 +96,7 @@ def seconds(info: LegacyDocument) -> int:
 
 def is_spec_element(element: dict[str, Any]) -> bool:
     return (
-        list(element) == SPEC_ELEMENT_KEYS
+        list(element) == CONTRACT_ELEMENT_KEYS
         and type(element["timestamp"]) is int
         and 0 < element["timestamp"] < SECONDS_CEILING
         and type(element["free_ticket_status"]) is int
@@ -110,7 +110,7 @@ def is_spec_element(element: dict[str, Any]) -> bool:
 def spec_control(document: dict[str, Any], info: LegacyDocument, stored: Stored) -> bool:
     return (
         not duplicate_user(document, info, stored)
-        and list(document) == SPEC_KEYS
+        and list(document) == CONTRACT_KEYS
         and type(document["user_id"]) is int
         and type(document["timestamp"]) is int
         and document["timestamp"] == seconds(info)

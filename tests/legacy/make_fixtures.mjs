@@ -345,7 +345,7 @@ function story(userId, syncMs) {
   const bBought = syncMs - 2 * DAY + 1 * HOUR;
   const cBought = syncMs - 1 * DAY + 2 * HOUR;
   const cUsed = syncMs - 20 * MINUTE;
-  const bUsed = Date.UTC(2024, 5, 15, 4, 30, 0); // SPEC's example first use
+  const bUsed = Date.UTC(2024, 5, 15, 4, 30, 0); // the contract's example first use
   const gBought = TRUTH_AT - 1 * HOUR;
   const eBought = Date.UTC(2024, 4, 18, 13, 5, 0);
   const fBought = Date.UTC(2024, 4, 2, 16, 40, 0);
@@ -398,7 +398,7 @@ function story(userId, syncMs) {
 
 // -- documents ------------------------------------------------------------------------------------------
 
-/** A SPEC-shaped element, as the Node service wrapped a received pass. */
+/** A contract-shaped element, as the Node service wrapped a received pass. */
 function specElement({ pass, changedMs }) {
   return {
     pass_uuid: pass.payload.uuid,
@@ -410,7 +410,7 @@ function specElement({ pass, changedMs }) {
   };
 }
 
-/** The SPEC-shaped document (the control) of one user at syncMs. */
+/** The contract-shaped document (the control) of one user at syncMs. */
 function specDocument(userId, syncMs, cache, createdMs) {
   return {
     _id: objectId(createdMs),
@@ -442,7 +442,7 @@ const elementsOf = (doc) => [...(doc.passes ?? []), ...(doc.passes4 ?? [])];
 // ctx = {userId, syncMs, createdMs, cache, hashes: uuid -> md5, elementChangedMs: uuid -> ms}.
 const SHAPES = {
   spec_control: {
-    description: "The SPEC shape itself, as the Node service wrote it in its last version (Int32 seconds).",
+    description: "The contract's shape itself, as the Node service wrote it in its last version (Int32 seconds).",
     apply: () => {},
   },
   timestamp_ms_int64: {

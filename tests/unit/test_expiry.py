@@ -1,4 +1,4 @@
-"""The day-pass rule in America/Chicago (midnight, both DST days) and the effective status (SPEC §6)."""
+"""The day-pass rule in America/Chicago (midnight, both DST days) and the effective status (contract §6)."""
 
 # The en dash and typographic quotes are deliberate: non-ASCII text Bytemark really sends.
 # ruff: noqa: RUF001
@@ -23,7 +23,7 @@ def utc(text: str) -> datetime:
 @pytest.mark.parametrize(
     ("first_use", "expires"),
     [
-        # SPEC §6 examples.
+        # contract §6 examples.
         ("2024-06-15T04:30:00Z", "2024-06-15T04:59:59Z"),
         ("2024-03-10T08:00:00Z", "2024-03-11T04:59:59Z"),  # spring forward: a 23-hour local day
         ("2024-11-03T04:30:00Z", "2024-11-03T04:59:59Z"),  # 23:30 CDT Nov 2, the night before fall back

@@ -1,4 +1,4 @@
-"""payload_hash / js_stringify: the SPEC §5 vector and JavaScript's number and string formats."""
+"""payload_hash / js_stringify: the contract §5 vector and JavaScript's number and string formats."""
 
 # The en dash and typographic quotes are deliberate: non-ASCII text Bytemark really sends.
 # ruff: noqa: RUF001
@@ -17,7 +17,7 @@ import pytest
 import bytemark_cache
 from bytemark_cache.domain.hashing import js_number, js_stringify, payload_hash
 
-SPEC_VECTOR = (
+CONTRACT_VECTOR = (
     '{"uuid":"p-1","status":"USABLE","first_use":null,"expiration":null,"price":2.0,'
     '"label_name":"Local Day Pass – Adult é","time_created":"2024-03-10T05:30:00.000Z",'
     '"n":{"b":1,"a":[1,2.50]}}'
@@ -25,11 +25,11 @@ SPEC_VECTOR = (
 
 
 def test_spec_vector_hashes_like_node() -> None:
-    assert payload_hash(json.loads(SPEC_VECTOR)) == "fa6c6c27a16aeaec93c851d050164211"
+    assert payload_hash(json.loads(CONTRACT_VECTOR)) == "fa6c6c27a16aeaec93c851d050164211"
 
 
 def test_spec_vector_text_is_node_stringify() -> None:
-    assert js_stringify(json.loads(SPEC_VECTOR)) == (
+    assert js_stringify(json.loads(CONTRACT_VECTOR)) == (
         '{"uuid":"p-1","status":"USABLE","first_use":null,"expiration":null,"price":2,'
         '"label_name":"Local Day Pass – Adult é","time_created":"2024-03-10T05:30:00.000Z",'
         '"n":{"b":1,"a":[1,2.5]}}'

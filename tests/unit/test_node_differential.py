@@ -1,4 +1,4 @@
-"""payload_hash against Node.js itself: random JSON texts hashed by both sides must agree (SPEC §5).
+"""payload_hash against Node.js itself: random JSON texts hashed by both sides must agree (contract §5).
 
 The JSON *text* is generated first (as Bytemark would send it); Python parses it with json.loads and Node
 with JSON.parse, so both sides hash the same wire data the way each service would receive it.
@@ -22,7 +22,7 @@ from bytemark_cache import payload_hash
 from bytemark_cache.domain import hashing
 from bytemark_cache.domain.hashing import js_stringify
 
-SPEC_VECTOR = (
+CONTRACT_VECTOR = (
     '{"uuid":"p-1","status":"USABLE","first_use":null,"expiration":null,"price":2.0,'
     '"label_name":"Local Day Pass – Adult é","time_created":"2024-03-10T05:30:00.000Z",'
     '"n":{"b":1,"a":[1,2.50]}}'
@@ -149,7 +149,7 @@ def _random_object_text(rng: random.Random, depth: int) -> str:
 
 def _payload_texts() -> list[str]:
     rng = random.Random(20240615)
-    texts = [SPEC_VECTOR]
+    texts = [CONTRACT_VECTOR]
     texts += ['{"n":' + literal + "}" for literal in NUMBER_LITERALS]
     texts += ['{"s":' + json.dumps(escape_free) + "}" for escape_free in ["", "plain", RAW_CHARS]]
     texts += ['{"s":"' + escape + '"}' for escape in ESCAPES]

@@ -22,7 +22,7 @@ TEMPLATE = ROOT / "template.yaml"
 SAMCONFIG = ROOT / "samconfig.toml"
 OPERATIONS = ROOT / "docs" / "operations.md"
 
-SPEC_SETTINGS = {
+CONTRACT_SETTINGS = {
     "MONGODB_DATABASE",
     "CACHE_COLLECTION",
     "LOG_COLLECTION",
@@ -322,7 +322,7 @@ def test_globals_carry_tracing_and_every_spec_setting(template: dict[str, Any]) 
     assert globals_function["Tracing"] == "Active"
     assert isinstance(globals_function["MemorySize"], int)
     variables = globals_function["Environment"]["Variables"]
-    assert set(variables) >= SPEC_SETTINGS, f"missing: {sorted(SPEC_SETTINGS - set(variables))}"
+    assert set(variables) >= CONTRACT_SETTINGS, f"missing: {sorted(CONTRACT_SETTINGS - set(variables))}"
     assert variables["UPDATE_QUEUE_URL"] == {"Ref": "UpdateQueue"}
     # One namespace per stack: dev and prod in one account never share a series.
     assert variables["POWERTOOLS_METRICS_NAMESPACE"] == METRICS_NAMESPACE

@@ -156,7 +156,7 @@ class BytemarkHttpSource:
         self._session.close()
 
     def fetch_passes(self, token: str, budget_seconds: float) -> FetchedPasses:
-        """Both lists, every page, within ``budget_seconds``; TokenRevoked, DeadlineExceeded or UpstreamError."""
+        """Every page of both lists in ``budget_seconds``: TokenRevoked, DeadlineExceeded, UpstreamError."""
         # The budget becomes a deadline on this client's own clock (the caller's clock may be another).
         deadline = Deadline.after(self._clock(), budget_seconds)
         headers = _request_headers(token)

@@ -187,7 +187,7 @@ class MongoCacheStore:
                     self._cache.insert_one(document)
             except StoreError as exc:
                 if isinstance(exc.__cause__, DuplicateKeyError):
-                    raise ConcurrentModification(f"cache document of user {plan.user_id} already exists") from exc
+                    raise ConcurrentModification(f"user {plan.user_id} already has a cache document") from exc
                 raise
         else:
             with _store_errors("cache update"):

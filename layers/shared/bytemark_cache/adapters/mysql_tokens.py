@@ -1,4 +1,4 @@
-"""MySqlTokenStore: users' Bytemark OAuth tokens from the portal's ``bytemark_tokens`` table (SPEC §3).
+"""MySqlTokenStore: users' Bytemark OAuth tokens from the portal's ``bytemark_tokens`` table (contract §3).
 
 One lazily opened pymysql connection per instance (one per Lambda execution environment), pinged
 before each use and replaced when dead, because a frozen sandbox finds its connection closed by the server's

@@ -9,7 +9,7 @@ REDELIVERY_BASE_SECONDS: Final = 60
 """An update message that failed for a passing reason is retried a minute later at first..."""
 
 REDELIVERY_CAP_SECONDS: Final = 2 * 3600
-"""...then at doubling delays up to two hours (both settings: REDELIVERY_BASE_SECONDS, REDELIVERY_CAP_SECONDS).
+"""...then at doubling delays up to two hours (settings REDELIVERY_BASE_SECONDS, REDELIVERY_CAP_SECONDS).
 With the queue's maxReceiveCount of 10 a message is delayed after each of its first 10 receives: ceilings of
 1+2+4+8+16+32+64+120+120+120 min ≈ 8.1 h; with equal jitter at least half of that, ≈ 4.1 h, about 6.1 h on
 average. A message outlives an outage of four hours for sure, and usually of six, before the DLQ."""

@@ -1,4 +1,4 @@
-"""The day-pass rule and the effective status the app is shown (SPEC §6). Pure: payloads are only read."""
+"""The day-pass rule and the effective status the app is shown (contract §6). Pure: payloads are only read."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Node-compatible ``JSON.stringify`` and the MD5 ``payload_hash`` of a Bytemark pass (SPEC §5).
+"""Node-compatible ``JSON.stringify`` and the MD5 ``payload_hash`` of a Bytemark pass (contract §5).
 
 The earlier Node service stored ``md5(JSON.stringify(pass))``; to recognise its unchanged passes the
 hash must be byte-for-byte the same. For data produced by ``json.loads`` that means reproducing:

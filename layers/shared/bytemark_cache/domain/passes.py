@@ -59,7 +59,7 @@ def validate_pass(obj: object) -> Pass:
 
 
 def wrap_pass(pass_: Pass, now: int, payload_hash: str | None = None) -> Element:
-    """The cache element for ``pass_`` (SPEC §4); the pass itself becomes ``payload``, untouched.
+    """The cache element for ``pass_`` (contract §4); the pass itself becomes ``payload``, untouched.
 
     ``payload_hash`` is computed when not given; pass it when already known so each pass is hashed once.
     """

@@ -130,7 +130,7 @@ class BackfillService:
     ) -> BackfillResult:
         """One pass of ``mode`` from ``cursor``; the returned cursor is where to resume (None: finished)."""
         if mode not in BACKFILL_MODES:
-            raise InvalidInput(f"unknown back-fill mode {mode!r} (expected one of {', '.join(BACKFILL_MODES)})")
+            raise InvalidInput(f"unknown back-fill mode {mode!r} (one of {', '.join(BACKFILL_MODES)})")
         if mode == "due":
             return self._due(page_size, max_users, should_stop, dry_run, on_page)
         if mode == "prune":
