@@ -2,7 +2,7 @@
 
 FerretDB: answers the wire protocol and supports exactly the update features the cache store relies on;
 the features FerretDB 1.x silently ignores are pinned down too, so an upgrade that changes them shows.
-MariaDB: the SPEC §3 schema is in the configured database, put there by the recorded migrations.
+MariaDB: the contract §3 schema is in the configured database, put there by the recorded migrations.
 moto: the update queue redrives to its DLQ and both secrets hold the local settings.
 """
 

@@ -62,7 +62,8 @@ class FreshnessPolicy:
         moment = _utc(now)
         elements = list(passes)  # read twice below: an iterator would be empty the second time
         candidates = [now + DORMANT_FLOOR_SECONDS]
-        transition = self.next_transition(elements, now)
+        # A transition within the last grace period counts too: Bytemark may not have applied it yet.
+        transition = self.next_transition(elements, now - TRANSITION_GRACE_SECONDS)
         if transition is not None:
             candidates.append(transition + TRANSITION_GRACE_SECONDS)
         if any(self._in_use(element, moment) for element in elements):

@@ -44,6 +44,7 @@ from bytemark_cache.domain.hashing import payload_hash
 from bytemark_cache.domain.model import (
     CURRENT,
     HISTORY,
+    PENDING_LOG_FIELD,
     REVISION_FIELD,
     CacheDocument,
     Element,
@@ -367,7 +368,7 @@ def plan_sync(
         for number, (action, list_name, element, new_hash, previous) in enumerate(raw_entries)
     ]
     set_fields: dict[str, Any] = {"timestamp": now}
-    if stored is not None and stored.document.get("user_id") != user_id:
+    if stored is not None and type(stored.document.get("user_id")) is not int:
         set_fields["user_id"] = user_id  # converge a string id
     set_fields.update({key: value for key, value in (fields or {}).items() if key != "user_id"})
     plan = SyncPlan(
@@ -419,36 +420,65 @@ def plan_status(
 
 
 def fit_document(stored: CacheDocument | None, plan: SyncPlan) -> SyncPlan:
-    """The plan, with the oldest history trimmed if the document would exceed MAX_DOCUMENT_BYTES.
+    """The plan, with the oldest history trimmed if the written document would exceed MAX_DOCUMENT_BYTES.
 
-    Raises UpstreamError (permanent) when even an empty history does not make it fit.
+    The written document includes this write's change-log entries (they travel in ``log_pending``). Only
+    dated history goes (malformed elements are kept). Raises UpstreamError (permanent) when even without
+    any dated history the document does not fit.
     """
     if not (plan.creates or plan.passes.changed or plan.history.changed):
         return plan  # only fields change: the size cannot grow meaningfully
-    size = bson_document_size(apply_plan(stored, plan))
+    size = written_size(stored, plan)
     if size <= MAX_DOCUMENT_BYTES:
         return plan
     history = plan.history.final
-    sizes = [_array_item_size(index, element) for index, element in enumerate(history)]
+    # What each dated history element costs: its array item and the log entries it brings.
+    entry_bytes: dict[str, int] = {}
+    for entry in plan.log:
+        if entry.list == HISTORY and entry.action != "removed":
+            entry_bytes[entry.uuid] = entry_bytes.get(entry.uuid, 0) + _array_item_size(
+                0, entry.to_document()
+            )
     target = int(MAX_DOCUMENT_BYTES * HISTORY_TRIM_RATIO)
-    trimmed = 0
-    while trimmed < len(history) and size > target:
-        size -= sizes[trimmed]
-        trimmed += 1
-    if size > MAX_DOCUMENT_BYTES:
-        raise UpstreamError(
-            f"the current passes need ~{size} bytes, more than a cache document holds ({MAX_DOCUMENT_BYTES})",
-            transient=False,
-        )
-    kept = {id(element) for element in history[trimmed:]}
-    log = [entry for entry in plan.log if entry.list != HISTORY or _logged_element_kept(entry, history, kept)]
-    return replace(
+    dropped: set[int] = set()
+    for position, element in enumerate(history):
+        if size <= target:
+            break
+        uuid = element_uuid(element)
+        if uuid is None:
+            continue  # malformed: cannot be dated, kept
+        size -= _array_item_size(position, element) + entry_bytes.get(uuid, 0)
+        dropped.add(position)
+    kept_history = [element for position, element in enumerate(history) if position not in dropped]
+    kept_uuids = {element_uuid(element) for element in kept_history}
+    log = [
+        entry
+        for entry in plan.log
+        if entry.list != HISTORY or entry.action == "removed" or entry.uuid in kept_uuids
+    ]
+    fitted = replace(
         plan,
         history=ListChanges(
-            name=HISTORY, final=history[trimmed:], rewrite=True, stored_length=plan.history.stored_length
+            name=HISTORY, final=kept_history, rewrite=True, stored_length=plan.history.stored_length
         ),
         log=log,
     )
+    size = written_size(stored, fitted)
+    if size > MAX_DOCUMENT_BYTES:
+        raise UpstreamError(
+            f"the cache document would need ~{size} bytes even without its history, more than one "
+            f"document holds ({MAX_DOCUMENT_BYTES}): too many current passes, or large unmanaged fields",
+            transient=False,
+        )
+    return fitted
+
+
+def written_size(stored: CacheDocument | None, plan: SyncPlan) -> int:
+    """BSON bytes of the document the plan's write leaves, its pending change-log entries included."""
+    document = apply_plan(stored, plan)
+    if plan.log:
+        document[PENDING_LOG_FIELD] = [entry.to_document() for entry in plan.log]
+    return bson_document_size(document)
 
 
 def apply_plan(stored: CacheDocument | None, plan: SyncPlan) -> CacheDocument:
@@ -492,10 +522,3 @@ def _array_item_size(index: int, element: object) -> int:
     """Bytes one array item takes (type byte, index key, value), whatever the item is: a malformed element
     kept verbatim may be a string or a number."""
     return bson_document_size({str(index): element}) - bson_document_size({})
-
-
-def _logged_element_kept(entry: LogEntry, history: Sequence[Any], kept: set[int]) -> bool:
-    """A history entry stays logged unless its element was trimmed away by the size bound."""
-    if entry.action == "removed":
-        return True
-    return any(id(element) in kept for element in history if element_uuid(element) == entry.uuid)
