@@ -135,29 +135,15 @@ def build_services(
         timezone=settings.agency_timezone,
     )
     tickets = TicketCacheService(
-        tokens=tokens,
-        source=source,
-        cache=cache,
-        queue=queue,
-        clock=clock,
-        policy=policy,
+        tokens, source, cache, queue, clock, policy,
         history_limit=settings.passes4_limit,
         claim_seconds=settings.sync_claim_seconds,
         wait_seconds=settings.sync_wait_seconds,
-    )
-    backfill = (
-        BackfillService(
-            tokens=tokens,
-            cache=cache,
-            queue=queue,
-            runs=runs,
-            clock=clock,
-            ttl_seconds=settings.cache_ttl_seconds,
-            log_retention_seconds=settings.change_log_retention_days * 86400,
-        )
-        if queue is not None
-        else None
-    )
+    )  # fmt: skip
+    retention = settings.change_log_retention_days * 86400
+    backfill = None
+    if queue is not None:
+        backfill = BackfillService(tokens, cache, queue, runs, clock, settings.cache_ttl_seconds, retention)
     return Services(
         settings=settings,
         tickets=tickets,

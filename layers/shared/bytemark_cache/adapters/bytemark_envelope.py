@@ -11,6 +11,9 @@ before, or an explicit ``next: null``, has ended; else a full page (or a ``page_
 number of pages and says more) asks for the next page number. Links are followed only to the configured
 origin (the request carries the user's bearer token). ``ListPager`` adds the bounds: ``max_pages``,
 ``MAX_PASSES_PER_LIST``, a page asked for twice or a page repeating the previous one's uuids (loops).
+
+Longer than the layer's ~350-line guide on purpose: it is every rule about what Bytemark may answer, in one
+place, each a small pure function with its own tests (tests/unit/test_bytemark_http_parsing.py).
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ Bounds: every answer is streamed (``stream=True``) and read raw; at most ``MAX_A
 as many after decompression, which this module does itself (gzip, deflate; anything else is refused);
 ``MAX_FETCH_BYTES`` decoded for one call, ``MAX_PASSES_PER_LIST`` and ``max_pages`` per list.
 
+A little over the layer's ~350-line guide: one attempt's I/O (connect, stream, decode, classify) reads best
+whole; the pure rules already live in ``bytemark_envelope``.
+
 Time: ``deadline`` (on ``clock``) bounds the whole call. Connect timeout ``min(3.05, timeout_seconds)`` and
 read timeout ``timeout_seconds``, both capped by the time left; while a body streams, the socket's timeout is
 set to the time left before each read and the deadline checked after it, so a slow drip ends with the

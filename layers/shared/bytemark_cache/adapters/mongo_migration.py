@@ -9,20 +9,16 @@ collection of moved duplicates, the migration log, and deletes a moved duplicate
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, Final
 
 from pymongo import ASCENDING
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import PyMongoError
 
 from bytemark_cache.adapters.mongo_indexes import IndexFinding, Role, check_indexes, ensure_indexes
-from bytemark_cache.adapters.mongo_store import _describe
+from bytemark_cache.adapters.mongo_store import store_errors
 from bytemark_cache.domain.document import interpret_user_id
 from bytemark_cache.domain.model import CacheDocument, WriteGuard
-from bytemark_cache.errors import StoreError
 
 Document = dict[str, Any]
 
@@ -60,13 +56,13 @@ class MongoMaintenanceStore:
 
     def estimated_count(self) -> int:
         """About how many cache documents there are (collection metadata; for progress only)."""
-        with _store_errors("count"):
+        with store_errors("count"):
             return int(self._cache.estimated_document_count())
 
     def scan(self, after: Any, limit: int) -> list[CacheDocument]:
         """Up to ``limit`` cache documents in ``_id`` order, after ``after`` (None: from the start)."""
         query: Document = {} if after is None else {"_id": {"$gt": after}}
-        with _store_errors("scan"):
+        with store_errors("scan"):
             return list(self._cache.find(query).sort("_id", ASCENDING).limit(limit))
 
     def duplicate_user_ids(self) -> dict[int, int]:
@@ -74,7 +70,7 @@ class MongoMaintenanceStore:
         of the same id count together; so do different spellings of one id (``"071"`` and ``71``)."""
         counts: dict[int, int] = {}
         strings: Counter[int] = Counter()
-        with _store_errors("duplicate scan"):
+        with store_errors("duplicate scan"):
             # Same stored value (MongoDB groups equal numbers of any numeric type together).
             for group in self._cache.aggregate(
                 [
@@ -115,31 +111,22 @@ class MongoMaintenanceStore:
 
     def copy_aside(self, document: CacheDocument) -> None:
         """Store ``document`` verbatim (same ``_id``) in the side collection; again replaces the copy."""
-        with _store_errors("copy to the side collection"):
+        with store_errors("copy to the side collection"):
             self._aside.replace_one({"_id": document["_id"]}, document, upsert=True)
 
     def delete_guarded(self, guard: WriteGuard) -> bool:
         """Delete the cache document while it is still as ``guard`` says; False when it changed or went."""
         query: Document = {"_id": guard.document_id, **guard.fields}
         query.update({name: {"$exists": False} for name in guard.missing})
-        with _store_errors("delete"):
+        with store_errors("delete"):
             return self._cache.delete_one(query).deleted_count == 1
 
     def record_migration(self, entry: Document) -> None:
         """Write one migration log entry under its ``_id`` (again replaces it: idempotent)."""
-        with _store_errors("migration log write"):
+        with store_errors("migration log write"):
             self._log.replace_one({"_id": entry["_id"]}, entry, upsert=True)
 
     def forget_migration(self, entry_id: str) -> None:
         """Delete a migration log entry whose change did not happen after all."""
-        with _store_errors("migration log delete"):
+        with store_errors("migration log delete"):
             self._log.delete_one({"_id": entry_id})
-
-
-@contextmanager
-def _store_errors(action: str) -> Iterator[None]:
-    """Translate driver exceptions into StoreError (messages without credentials)."""
-    try:
-        yield
-    except PyMongoError as exc:
-        raise StoreError(f"MongoDB {action} failed: {_describe(exc)}") from exc

@@ -94,7 +94,7 @@ class MongoCacheStore:
 
     def load(self, user_id: int) -> list[CacheDocument]:
         """Every stored document of the user, ``user_id`` stored as a number or as a string."""
-        with _store_errors("load"):
+        with store_errors("load"):
             return list(
                 self._cache.find({"user_id": {"$in": [user_id, str(user_id)]}}).limit(MAX_DOCUMENTS_PER_USER)
             )
@@ -105,7 +105,7 @@ class MongoCacheStore:
             return {}
         wanted = [*user_ids, *(str(uid) for uid in user_ids)]
         found: dict[int, Any] = {}
-        with _store_errors("cache_timestamps"):
+        with store_errors("cache_timestamps"):
             for document in self._cache.find(
                 {"user_id": {"$in": wanted}}, {"_id": 0, "user_id": 1, "timestamp": 1}
             ):
@@ -118,7 +118,7 @@ class MongoCacheStore:
         """The user's newest change-log entries, newest first (ids break timestamp ties)."""
         if limit <= 0:
             return []  # pymongo reads limit(0) as "no limit"
-        with _store_errors("read_log"):
+        with store_errors("read_log"):
             cursor = (
                 self._log.find({"user_id": user_id}, {"_id": 0})
                 .sort([("timestamp", DESCENDING), ("_id", DESCENDING)])
@@ -148,8 +148,8 @@ class MongoCacheStore:
             except DuplicateKeyError:
                 pass
             except PyMongoError as exc:
-                raise StoreError(f"MongoDB claim failed: {_describe(exc)}") from exc
-            with _store_errors("claim"):
+                raise StoreError(f"MongoDB claim failed: {describe_error(exc)}") from exc
+            with store_errors("claim"):
                 latest = self._claims.find_one(
                     {"user_id": user_id, "revision": revision}, sort=[("generation", DESCENDING)]
                 )
@@ -164,7 +164,7 @@ class MongoCacheStore:
 
     def release(self, user_id: int, revision: int, owner: str) -> None:
         """Expire our claim at once. The document stays, so its generation is never claimed twice."""
-        with _store_errors("release"):
+        with store_errors("release"):
             self._claims.update_one(
                 {"user_id": user_id, "revision": revision, "owner": owner}, {"$set": {"expires_at": 0}}
             )
@@ -183,14 +183,14 @@ class MongoCacheStore:
             if entries:
                 document[PENDING_LOG_FIELD] = entries
             try:
-                with _store_errors("cache insert"):
+                with store_errors("cache insert"):
                     self._cache.insert_one(document)
             except StoreError as exc:
                 if isinstance(exc.__cause__, DuplicateKeyError):
                     raise ConcurrentModification(f"user {plan.user_id} already has a cache document") from exc
                 raise
         else:
-            with _store_errors("cache update"):
+            with store_errors("cache update"):
                 result = self._cache.update_one(*update_statement(plan))
             if result.matched_count == 0:
                 raise ConcurrentModification(
@@ -203,7 +203,7 @@ class MongoCacheStore:
 
     def set_next_sync(self, user_id: int, at: int) -> None:
         """Reschedule the user's next sync; nothing else changes."""
-        with _store_errors("set_next_sync"):
+        with store_errors("set_next_sync"):
             self._cache.update_many(
                 {"user_id": {"$in": [user_id, str(user_id)]}}, {"$set": {NEXT_SYNC_FIELD: at}}
             )
@@ -211,7 +211,7 @@ class MongoCacheStore:
     def take_due(self, now: int, limit: int, hold_until: int) -> list[int]:
         """The oldest-due users (a document without ``next_sync_at`` is due), held until ``hold_until``."""
         due = {"$or": [{NEXT_SYNC_FIELD: {"$lte": now}}, {NEXT_SYNC_FIELD: None}]}
-        with _store_errors("take_due"):
+        with store_errors("take_due"):
             found = list(
                 self._cache.find(due, {"_id": 1, "user_id": 1}).sort(NEXT_SYNC_FIELD, ASCENDING).limit(limit)
             )
@@ -227,14 +227,14 @@ class MongoCacheStore:
 
     def count_due(self, now: int) -> int:
         """How many users are due (for the operator's dry run)."""
-        with _store_errors("count_due"):
+        with store_errors("count_due"):
             return self._cache.count_documents(
                 {"$or": [{NEXT_SYNC_FIELD: {"$lte": now}}, {NEXT_SYNC_FIELD: None}]}
             )
 
     def prune_log(self, before: int, limit: int) -> int:
         """Delete up to ``limit`` change-log entries older than ``before``; how many went."""
-        with _store_errors("prune_log"):
+        with store_errors("prune_log"):
             ids = [
                 document["_id"]
                 for document in self._log.find({"timestamp": {"$lt": before}}, {"_id": 1}).limit(limit)
@@ -259,13 +259,13 @@ class MongoCacheStore:
                 return 0.0
             except DuplicateKeyError:
                 # The slot exists and is still taken (the filter did not match it).
-                with _store_errors("throttle"):
+                with store_errors("throttle"):
                     slot = self._claims.find_one({"_id": slot_id})
                 until = float(slot.get("until", 0)) if slot is not None else 0.0
                 if until > now:
                     return until - now
             except PyMongoError as exc:
-                raise StoreError(f"MongoDB throttle failed: {_describe(exc)}") from exc
+                raise StoreError(f"MongoDB throttle failed: {describe_error(exc)}") from exc
         raise ConcurrentModification(f"throttle slot {key!r} kept changing")
 
     # -- internals ---------------------------------------------------------------------------------
@@ -279,9 +279,9 @@ class MongoCacheStore:
             if any(error.get("code") != DUPLICATE_KEY for error in errors) or exc.details.get(
                 "writeConcernErrors"
             ):
-                raise StoreError(f"MongoDB change log insert failed: {_describe(exc)}") from exc
+                raise StoreError(f"MongoDB change log insert failed: {describe_error(exc)}") from exc
         except PyMongoError as exc:
-            raise StoreError(f"MongoDB change log insert failed: {_describe(exc)}") from exc
+            raise StoreError(f"MongoDB change log insert failed: {describe_error(exc)}") from exc
 
     def _forget_claims(self, user_id: int, current_claim: int) -> None:
         """Delete the claims of revisions before the one just written from (they can never be used)."""
@@ -327,7 +327,7 @@ def _update(plan: SyncPlan, entries: list[Document]) -> Document:
     return {"$set": set_fields, "$unset": unset}
 
 
-def _describe(exc: PyMongoError) -> str:
+def describe_error(exc: PyMongoError) -> str:
     """A short, password-free description of a driver error."""
     code = getattr(exc, "code", None)
     text = _URI_CREDENTIALS.sub(r"\1***@", str(exc))
@@ -338,12 +338,13 @@ def _describe(exc: PyMongoError) -> str:
 
 
 @contextmanager
-def _store_errors(action: str) -> Iterator[None]:
-    """Translate driver exceptions into StoreError (UnstorableDocument when BSON refused the document)."""
+def store_errors(action: str) -> Iterator[None]:
+    """Translate driver exceptions into StoreError (UnstorableDocument when BSON refused the document);
+    every MongoDB adapter's calls go through it."""
     try:
         yield
     except BSONError as exc:
         # Never a partial write: the driver refuses before sending, the server refuses the whole statement.
         raise UnstorableDocument(f"MongoDB {action} refused the document: {type(exc).__name__}") from exc
     except PyMongoError as exc:
-        raise StoreError(f"MongoDB {action} failed: {_describe(exc)}") from exc
+        raise StoreError(f"MongoDB {action} failed: {describe_error(exc)}") from exc

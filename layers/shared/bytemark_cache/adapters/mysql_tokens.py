@@ -49,19 +49,18 @@ class MySqlTokenStore:
         connect_timeout: int = 5,
         read_timeout: float = 10,
     ) -> None:
-        self._host = host
-        self._port = port
-        self._user = user
-        self._password = password
-        self._database = database
-        self._connect_timeout = connect_timeout
-        self._read_timeout = read_timeout
+        # pymysql.connect's arguments, kept together (the password never leaves them).
+        self._connect_args: dict[str, Any] = {
+            "host": host, "port": port, "user": user, "password": password, "database": database,
+            "connect_timeout": connect_timeout, "read_timeout": read_timeout, "write_timeout": read_timeout,
+        }  # fmt: skip
+        self._where = f"{host}:{port}/{database}"
         self._connection: Connection[pymysql.cursors.Cursor] | None = None
         self._lock = threading.RLock()
 
     def __repr__(self) -> str:
         # Never show the password.
-        return f"MySqlTokenStore(host={self._host!r}, port={self._port}, database={self._database!r})"
+        return f"MySqlTokenStore({self._where!r})"
 
     def token_for(self, user_id: int) -> str | None:
         """The user's token (surrounding whitespace removed), or None when absent, NULL, empty or blank."""
@@ -135,18 +134,7 @@ class MySqlTokenStore:
             except pymysql.MySQLError:
                 self.close()
         if self._connection is None:
-            self._connection = pymysql.connect(
-                host=self._host,
-                port=self._port,
-                user=self._user,
-                password=self._password,
-                database=self._database,
-                connect_timeout=self._connect_timeout,
-                read_timeout=self._read_timeout,
-                write_timeout=self._read_timeout,
-                autocommit=True,
-                charset="utf8mb4",
-            )
+            self._connection = pymysql.connect(**self._connect_args, autocommit=True, charset="utf8mb4")
         return self._connection
 
     def _store_error(self, exc: pymysql.MySQLError) -> StoreError:
@@ -154,7 +142,7 @@ class MySqlTokenStore:
         code = _error_code(exc)
         detail = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
         return StoreError(
-            f"MySQL {self._host}:{self._port}/{self._database} failed: "
+            f"MySQL {self._where} failed: "
             f"{type(exc).__name__} ({code if code is not None else 'no code'}): {detail[:300]}"
         )
 

@@ -43,9 +43,7 @@ class SqsUpdateQueue:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         self._queue_url = queue_url
-        self._client_instance = client
-        self._endpoint_url = endpoint_url
-        self._region = region
+        self._sqs = LazySqsClient(client, endpoint_url, region)
         self._max_attempts = max_attempts
         self._backoff_seconds = backoff_seconds
         self._sleep = sleep
@@ -76,7 +74,7 @@ class SqsUpdateQueue:
         for attempt in range(1, self._max_attempts + 1):
             try:
                 # Fresh request dicts each time: botocore hooks may alter what they are given.
-                response = self._client().send_message_batch(
+                response = self._sqs.get().send_message_batch(
                     QueueUrl=self._queue_url,
                     Entries=[{"Id": entry_id, "MessageBody": body} for entry_id, body in pending],
                 )
@@ -103,11 +101,6 @@ class SqsUpdateQueue:
                 self._sleep(backoff_delay(attempt - 1, base=self._backoff_seconds, cap=5.0, rng=self._rng))
         return len(pending), last_error
 
-    def _client(self) -> Any:
-        if self._client_instance is None:
-            self._client_instance = sqs_client(self._endpoint_url, self._region)
-        return self._client_instance
-
 
 class SqsRedelivery:
     """Redelivery on SQS: a later visibility for transient failures, the DLQ at once for permanent ones."""
@@ -123,14 +116,12 @@ class SqsRedelivery:
     ) -> None:
         self._queue_url = queue_url
         self._dead_letter_queue_url = dead_letter_queue_url
-        self._client_instance = client
-        self._endpoint_url = endpoint_url
-        self._region = region
+        self._sqs = LazySqsClient(client, endpoint_url, region)
 
     def retry_later(self, receipt_handle: str, delay_seconds: int) -> None:
         """Hide the message for ``delay_seconds`` more; StoreError when SQS refused."""
         try:
-            self._client().change_message_visibility(
+            self._sqs.get().change_message_visibility(
                 QueueUrl=self._queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=delay_seconds
             )
         except Exception as exc:
@@ -141,7 +132,7 @@ class SqsRedelivery:
         if not self._dead_letter_queue_url:
             raise StoreError("no dead-letter queue configured (UPDATE_DLQ_URL)")
         try:
-            self._client().send_message(
+            self._sqs.get().send_message(
                 QueueUrl=self._dead_letter_queue_url,
                 MessageBody=body,
                 MessageAttributes={
@@ -152,23 +143,29 @@ class SqsRedelivery:
         except Exception as exc:
             raise StoreError(f"SQS send to the dead-letter queue failed: {_describe(exc)}") from exc
 
-    def _client(self) -> Any:
-        if self._client_instance is None:
-            self._client_instance = sqs_client(self._endpoint_url, self._region)
-        return self._client_instance
 
+class LazySqsClient:
+    """One boto3 SQS client, created on first use (after a test's endpoint or moto mock is in place, and
+    off the cold-start path: boto3 costs import time), with short timeouts."""
 
-def sqs_client(endpoint_url: str | None, region: str | None) -> Any:
-    """A boto3 SQS client with short timeouts (imported here: boto3 costs import time)."""
-    import boto3
-    from botocore.config import Config
+    def __init__(self, client: Any | None, endpoint_url: str | None, region: str | None) -> None:
+        self._client = client
+        self._endpoint_url = endpoint_url
+        self._region = region
 
-    return boto3.client(
-        "sqs",
-        endpoint_url=endpoint_url,
-        region_name=region,
-        config=Config(connect_timeout=3, read_timeout=10, retries={"max_attempts": 3, "mode": "standard"}),
-    )
+    def get(self) -> Any:
+        """The client."""
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(
+                connect_timeout=3, read_timeout=10, retries={"max_attempts": 3, "mode": "standard"}
+            )
+            self._client = boto3.client(
+                "sqs", endpoint_url=self._endpoint_url, region_name=self._region, config=config
+            )
+        return self._client
 
 
 def _describe(exc: Exception) -> str:

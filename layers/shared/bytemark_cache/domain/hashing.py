@@ -22,7 +22,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from bytemark_cache.domain.model import Pass
@@ -182,13 +182,35 @@ def _javascript_view(value: Any) -> Any:
 
 
 def _object_view(obj: dict[str, Any]) -> dict[str, Any]:
-    replaced: dict[str, Any] | None = None
     reorder = False
-    for key, item in obj.items():
+    for key in obj:
         if type(key) is not str:
             raise TypeError(f"object key {key!r} is not a string")
         if key.isdigit():
             reorder = reorder or _is_array_index(key)
+    replaced = _changed_views(obj.items())
+    if replaced is None and not reorder:
+        return obj
+    source = obj if replaced is None else {**obj, **replaced}
+    if not reorder:
+        return source
+    return {key: source[key] for key in _index_keys_first(source)}
+
+
+def _array_view(items: list[Any] | tuple[Any, ...]) -> list[Any] | tuple[Any, ...]:
+    replaced = _changed_views(enumerate(items))
+    if replaced is None:
+        return items
+    copy = list(items)
+    for position, view in replaced.items():
+        copy[position] = view
+    return copy
+
+
+def _changed_views[K](pairs: Iterable[tuple[K, Any]]) -> dict[K, Any] | None:
+    """The values whose JavaScript view differs (None when none does): the containers' one loop."""
+    replaced: dict[K, Any] | None = None
+    for key, item in pairs:
         kind = type(item)
         # Inline the common leaves: one call per container, not per value, keeps this cheap.
         if kind is str or kind is bool or item is None:
@@ -200,28 +222,7 @@ def _object_view(obj: dict[str, Any]) -> dict[str, Any]:
             if replaced is None:
                 replaced = {}
             replaced[key] = view
-    if replaced is None and not reorder:
-        return obj
-    source = obj if replaced is None else {**obj, **replaced}
-    if not reorder:
-        return source
-    return {key: source[key] for key in _index_keys_first(source)}
-
-
-def _array_view(items: list[Any] | tuple[Any, ...]) -> list[Any] | tuple[Any, ...]:
-    copy: list[Any] | None = None
-    for position, item in enumerate(items):
-        kind = type(item)
-        if kind is str or kind is bool or item is None:
-            continue
-        if kind is int and -_MAX_SAFE_INTEGER <= item <= _MAX_SAFE_INTEGER:
-            continue
-        view = _javascript_view(item)
-        if view is not item:
-            if copy is None:
-                copy = list(items)
-            copy[position] = view
-    return items if copy is None else copy
+    return replaced
 
 
 def _tokens(value: Any) -> list[str]:

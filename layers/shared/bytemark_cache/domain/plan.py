@@ -17,6 +17,9 @@
 
 Then the whole document must fit ``MAX_DOCUMENT_BYTES``: the oldest history goes first, and an answer
 whose current passes alone do not fit is refused (nothing written).
+
+Longer than the layer's ~350-line guide on purpose: the steps and their composition are one story, read
+top to bottom; each step is a small function tested on its own (tests/unit/test_plan_steps.py).
 """
 
 from __future__ import annotations

@@ -55,27 +55,17 @@ class BackfillResult:
         return summary
 
 
+@dataclass(frozen=True)
 class BackfillService:
     """The back-fill over the token store, the cache store, the update queue and the run records."""
 
-    def __init__(
-        self,
-        *,
-        tokens: TokenStore,
-        cache: CacheStore,
-        queue: UpdateQueue,
-        runs: BackfillRunStore,
-        clock: Clock,
-        ttl_seconds: int,
-        log_retention_seconds: int,
-    ) -> None:
-        self._tokens = tokens
-        self._cache = cache
-        self._queue = queue
-        self._runs = runs
-        self._clock = clock
-        self._ttl_seconds = ttl_seconds
-        self._log_retention_seconds = log_retention_seconds
+    tokens: TokenStore
+    cache: CacheStore
+    queue: UpdateQueue
+    runs: BackfillRunStore
+    clock: Clock
+    ttl_seconds: int
+    log_retention_seconds: int
 
     def run(
         self, request: BackfillRequest, *, should_stop: Callable[[], bool] = lambda: False
@@ -83,9 +73,9 @@ class BackfillService:
         """One invocation of a run. Progress is recorded after every page, so EventBridge's retries of a
         run resume where it stopped (a finished run does nothing again) and a continuation picks up the
         cursor. Without a run id the run is the current TTL window of that mode."""
-        window = int(self._clock.now()) // max(1, self._ttl_seconds)
+        window = int(self.clock.now()) // max(1, self.ttl_seconds)
         run_id = request.run_id or f"{request.mode}:{window}"
-        state = self._runs.load_run(run_id) or {}
+        state = self.runs.load_run(run_id) or {}
         base = BackfillResult(
             request.mode, int(state.get("scanned") or 0), int(state.get("enqueued") or 0), None, run_id
         )
@@ -94,7 +84,7 @@ class BackfillService:
         cursor = _later(request.cursor, state.get("cursor"))
 
         def record(progress: BackfillResult, done: bool = False) -> None:
-            self._runs.save_run(
+            self.runs.save_run(
                 run_id,
                 {
                     "mode": request.mode,
@@ -103,7 +93,7 @@ class BackfillService:
                     "enqueued": base.enqueued + progress.enqueued,
                     "done": done,
                 },
-                self._clock.now(),
+                self.clock.now(),
             )
 
         result = self.scan(request.mode, cursor, should_stop=should_stop, on_page=record)
@@ -131,45 +121,36 @@ class BackfillService:
         """One pass of ``mode`` from ``cursor``; the returned cursor is where to resume (None: finished)."""
         if mode not in BACKFILL_MODES:
             raise InvalidInput(f"unknown back-fill mode {mode!r} (one of {', '.join(BACKFILL_MODES)})")
+        limits = _Limits(page_size, max_users, should_stop, dry_run, on_page)
         if mode == "due":
-            return self._due(page_size, max_users, should_stop, dry_run, on_page)
+            return self._due(limits)
         if mode == "prune":
-            return self._prune(should_stop, dry_run)
-        return self._scan_tokens(mode, cursor, page_size, max_users, should_stop, dry_run, on_page)
+            return self._prune(limits)
+        return self._scan_tokens(mode, cursor, limits)
 
-    def _scan_tokens(
-        self,
-        mode: BackfillMode,
-        cursor: int | None,
-        page_size: int,
-        max_users: int | None,
-        should_stop: Callable[[], bool],
-        dry_run: bool,
-        on_page: Callable[[BackfillResult], None] | None,
-    ) -> BackfillResult:
+    def _scan_tokens(self, mode: BackfillMode, cursor: int | None, limits: _Limits) -> BackfillResult:
         """Users with a token in ascending id order; the cursor is the last id whose page was fully
         enqueued, so a run resumed from it never skips nor repeats a user."""
         scanned = enqueued = 0
         position = cursor
-        for page in self._tokens.users_with_token(position, page_size):
+        for page in self.tokens.users_with_token(position, limits.page_size):
             due = self._due_of_page(mode, page)
-            if due and not dry_run:
-                self._queue.enqueue([UpdateMessage(user_id=uid, reason="backfill") for uid in due])
+            if due and not limits.dry_run:
+                self._enqueue(due)
             scanned += len(page)
             enqueued += len(due)
             position = page[-1]
-            if on_page is not None:
-                on_page(BackfillResult(mode, scanned, enqueued, position))
-            if should_stop() or (max_users is not None and scanned >= max_users):
+            limits.report(BackfillResult(mode, scanned, enqueued, position))
+            if limits.stop_after(scanned):
                 return BackfillResult(mode, scanned, enqueued, position)
         return BackfillResult(mode, scanned, enqueued, None)
 
     def _due_of_page(self, mode: BackfillMode, user_ids: list[int]) -> list[int]:
-        timestamps = self._cache.cache_timestamps(user_ids)
+        timestamps = self.cache.cache_timestamps(user_ids)
         if mode == "missing":
             return [uid for uid in user_ids if uid not in timestamps]
-        now = self._clock.now()
-        oldest_fresh = now - self._ttl_seconds
+        now = self.clock.now()
+        oldest_fresh = now - self.ttl_seconds
         due: list[int] = []
         for uid in user_ids:
             if uid not in timestamps:
@@ -180,45 +161,63 @@ class BackfillService:
                 due.append(uid)
         return due
 
-    def _due(
-        self,
-        page_size: int,
-        max_users: int | None,
-        should_stop: Callable[[], bool],
-        dry_run: bool,
-        on_page: Callable[[BackfillResult], None] | None,
-    ) -> BackfillResult:
+    def _due(self, limits: _Limits) -> BackfillResult:
         """Take due users page by page until none is left; nothing to resume (the range is the progress)."""
+        now = int(self.clock.now())
+        if limits.dry_run:
+            # Counted without taking anyone: a dry run must not move anyone's next sync.
+            due = self.cache.count_due(now)
+            return BackfillResult(
+                "due", due, due if limits.max_users is None else min(due, limits.max_users), None
+            )
         scanned = 0
-        while True:
-            now = int(self._clock.now())
-            limit = page_size if max_users is None else min(page_size, max_users - scanned)
-            if limit <= 0:
-                break
-            if dry_run:
-                # Counted without taking anyone: a dry run must not move anyone's next sync.
-                due = self._cache.count_due(now)
-                return BackfillResult("due", due, due if max_users is None else min(due, max_users), None)
-            taken = self._cache.take_due(now, limit, now + FAILED_SYNC_RETRY_SECONDS)
+        while (limit := limits.page_limit(scanned)) > 0:
+            now = int(self.clock.now())
+            taken = self.cache.take_due(now, limit, now + FAILED_SYNC_RETRY_SECONDS)
             if taken:
-                self._queue.enqueue([UpdateMessage(user_id=uid, reason="backfill") for uid in taken])
+                self._enqueue(taken)
             scanned += len(taken)
-            if on_page is not None:
-                on_page(BackfillResult("due", scanned, scanned, None))
-            if len(taken) < limit or should_stop():
+            limits.report(BackfillResult("due", scanned, scanned, None))
+            if len(taken) < limit or limits.should_stop():
                 break
         return BackfillResult("due", scanned, scanned, None)
 
-    def _prune(self, should_stop: Callable[[], bool], dry_run: bool) -> BackfillResult:
+    def _prune(self, limits: _Limits) -> BackfillResult:
         """Delete change-log entries older than the retention, a batch at a time."""
-        before = int(self._clock.now()) - self._log_retention_seconds
+        before = int(self.clock.now()) - self.log_retention_seconds
         pruned = 0
-        while not dry_run:
-            deleted = self._cache.prune_log(before, PRUNE_BATCH)
+        while not limits.dry_run:
+            deleted = self.cache.prune_log(before, PRUNE_BATCH)
             pruned += deleted
-            if deleted < PRUNE_BATCH or should_stop():
+            if deleted < PRUNE_BATCH or limits.should_stop():
                 break
         return BackfillResult("prune", pruned, 0, None, pruned=pruned)
+
+    def _enqueue(self, user_ids: list[int]) -> None:
+        self.queue.enqueue([UpdateMessage(user_id=uid, reason="backfill") for uid in user_ids])
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """How far one scan may go: page size, a user cap, when to stop, dry run, and whom to tell per page."""
+
+    page_size: int
+    max_users: int | None
+    should_stop: Callable[[], bool]
+    dry_run: bool
+    on_page: Callable[[BackfillResult], None] | None
+
+    def page_limit(self, scanned: int) -> int:
+        """Users to take next: a page, or what is left under the cap."""
+        return self.page_size if self.max_users is None else min(self.page_size, self.max_users - scanned)
+
+    def stop_after(self, scanned: int) -> bool:
+        """True when the scan must hand back its cursor now (told to stop, or the cap reached)."""
+        return self.should_stop() or (self.max_users is not None and scanned >= self.max_users)
+
+    def report(self, progress: BackfillResult) -> None:
+        if self.on_page is not None:
+            self.on_page(progress)
 
 
 def _later(first: int | None, second: object) -> int | None:

@@ -69,35 +69,27 @@ class CheckResult:
         return self.source in ("built", "synced", "stale")
 
 
+@dataclass(frozen=True)
 class TicketCacheService:
-    """The cache's reads and syncs over the token store, Bytemark, the cache store and the update queue."""
+    """The cache's reads and syncs over the token store, Bytemark, the cache store and the update queue.
 
-    def __init__(
-        self,
-        *,
-        tokens: TokenStore,
-        source: PassSource,
-        cache: CacheStore,
-        queue: UpdateQueue | None,
-        clock: Clock,
-        policy: FreshnessPolicy,
-        history_limit: int,
-        claim_seconds: float,
-        wait_seconds: float,
-    ) -> None:
-        self._tokens = tokens
-        self._source = source
-        self._cache = cache
-        self._queue = queue
-        self._clock = clock
-        self.policy = policy
-        self._history_limit = history_limit
-        self._claim_seconds = claim_seconds
-        self._wait_seconds = wait_seconds
+    ``queue`` None: reads sync inline instead of refreshing behind the rider. ``claim_seconds`` caps how long
+    a claim outlives its holder; ``wait_seconds`` how long a second caller waits for a sync in flight.
+    """
+
+    tokens: TokenStore
+    source: PassSource
+    cache: CacheStore
+    queue: UpdateQueue | None
+    clock: Clock
+    policy: FreshnessPolicy
+    history_limit: int
+    claim_seconds: float
+    wait_seconds: float
 
     def now(self) -> float:
         """The service's clock (tests drive it), for callers that present ages and expiries."""
-        return self._clock.now()
+        return self.clock.now()
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -108,7 +100,7 @@ class TicketCacheService:
         between serving it with a refresh queued behind the rider and syncing first (``refresh_behind``
         False: always sync first, the contract's plain check_with_ttl)."""
         ttl = self.policy.ttl_seconds if ttl_seconds is None else ttl_seconds
-        now = int(self._clock.now())
+        now = int(self.clock.now())
         stored = self._load(user_id)
         if stored is None:
             return self._refresh(user_id, None, deadline=deadline, reason="refresh", fresh_enough=_exists)
@@ -120,7 +112,7 @@ class TicketCacheService:
             return CheckResult(user_id, stored, "refresh_queued")
 
         def fresh_enough(current: StoredCache) -> bool:
-            current_age = current.age(int(self._clock.now()))
+            current_age = current.age(int(self.clock.now()))
             return current_age is not None and current_age < ttl
 
         return self._refresh(user_id, stored, deadline=deadline, reason="refresh", fresh_enough=fresh_enough)
@@ -134,7 +126,7 @@ class TicketCacheService:
 
     def forced_check(self, user_id: int, *, deadline: Deadline, min_interval_seconds: float) -> CheckResult:
         """A check the rider asked for explicitly, at most once per ``min_interval_seconds`` per user."""
-        wait = self._cache.throttle(f"forced-sync:{user_id}", self._clock.now(), min_interval_seconds)
+        wait = self.cache.throttle(f"forced-sync:{user_id}", self.clock.now(), min_interval_seconds)
         if wait > 0:
             raise RateLimited(wait)
         return self.check(user_id, deadline=deadline)
@@ -161,19 +153,19 @@ class TicketCacheService:
         """
         if not pass_uuid:
             raise InvalidInput("pass_uuid must be a non-empty string")
-        wait_until = deadline.earlier(Deadline.after(self._clock.now(), self._wait_seconds))
+        wait_until = deadline.earlier(Deadline.after(self.clock.now(), self.wait_seconds))
         while True:
             stored = self._load(user_id)
             if stored is None:
                 return False
-            plan = plan_status(stored, pass_uuid, "USING", write_id=_write_id(), now=self._clock.now())
+            plan = plan_status(stored, pass_uuid, "USING", write_id=_write_id(), now=self.clock.now())
             if plan is None:
                 return False
             if self._write_claimed(user_id, stored.revision, plan, deadline):
                 return True
-            if wait_until.expired(self._clock.now()):
+            if wait_until.expired(self.clock.now()):
                 raise ConcurrentModification(f"cache of user {user_id} kept changing; activation not shown")
-            self._clock.sleep(CLAIM_POLL_SECONDS)
+            self.clock.sleep(CLAIM_POLL_SECONDS)
 
     # -- the sync itself ---------------------------------------------------------------------------
 
@@ -195,13 +187,13 @@ class TicketCacheService:
         """
         owner = uuid.uuid4().hex
         revision = stored.revision if stored is not None else 0
-        wait_until = deadline.earlier(Deadline.after(self._clock.now(), self._wait_seconds))
-        while not self._cache.claim(user_id, revision, owner, self._clock.now(), self._claim_ttl(deadline)):
-            if wait_until.expired(self._clock.now()):
+        wait_until = deadline.earlier(Deadline.after(self.clock.now(), self.wait_seconds))
+        while not self.cache.claim(user_id, revision, owner, self.clock.now(), self._claim_ttl(deadline)):
+            if wait_until.expired(self.clock.now()):
                 if stored is not None:
                     return CheckResult(user_id, stored, "cache")
                 raise SyncInProgress(f"a sync of user {user_id} is in progress")
-            self._clock.sleep(CLAIM_POLL_SECONDS)
+            self.clock.sleep(CLAIM_POLL_SECONDS)
             current = self._load(user_id)
             if current is not None and (stored is None or current.revision != revision):
                 if fresh_enough(current):
@@ -211,7 +203,7 @@ class TicketCacheService:
             return self._fetch_and_write(user_id, stored, owner, deadline, reason, serve_stale)
         except BaseException:
             # Nothing was written: the next caller may claim this revision at once.
-            self._cache.release(user_id, revision, owner)
+            self.cache.release(user_id, revision, owner)
             raise
 
     def _fetch_and_write(
@@ -223,13 +215,13 @@ class TicketCacheService:
         reason: UpdateReason,
         serve_stale: bool,
     ) -> CheckResult:
-        token = self._tokens.token_for(user_id)
+        token = self.tokens.token_for(user_id)
         if not token:
             if stored is not None:
                 self._postpone(user_id, REVOKED_RECHECK_SECONDS)
             raise NoBytemarkAccount(user_id)
         try:
-            fresh = prepare_fresh(self._source.fetch_passes(token, deadline.remaining(self._clock.now())))
+            fresh = prepare_fresh(self.source.fetch_passes(token, deadline.remaining(self.clock.now())))
         except UpstreamError as exc:
             if isinstance(exc, TokenRevoked) and stored is not None:
                 self._postpone(user_id, REVOKED_RECHECK_SECONDS)
@@ -239,13 +231,13 @@ class TicketCacheService:
                 "bytemark failed, serving the cache",
                 extra={"user_id": user_id, "error": type(exc).__name__, "transient": exc.transient},
             )
-            self._cache.release(user_id, stored.revision, owner)
+            self.cache.release(user_id, stored.revision, owner)
             return CheckResult(user_id, stored, "stale", upstream_error=exc)
         for attempt in (1, 2):
-            now = int(self._clock.now())
+            now = int(self.clock.now())
             active_at = now if reason in ACTIVE_REASONS else (stored.active_at if stored else None)
             plan = plan_sync(
-                user_id, stored, fresh, now, history_limit=self._history_limit, write_id=owner[:12]
+                user_id, stored, fresh, now, history_limit=self.history_limit, write_id=owner[:12]
             )
             fields = {
                 NEXT_SYNC_FIELD: self.policy.next_sync_at(plan.passes.final, now=now, active_at=active_at),
@@ -253,7 +245,7 @@ class TicketCacheService:
             }
             plan = _with_fields(plan, fields)
             try:
-                self._cache.write(plan)
+                self.cache.write(plan)
             except ConcurrentModification:
                 # Only a writer outside the claim protocol (the Node service during a cutover) or a holder
                 # whose claim expired can move the document under us: re-plan once on what is there now.
@@ -261,7 +253,7 @@ class TicketCacheService:
                 claimed = stored.revision if stored is not None else 0
                 if current is not None and current.revision != claimed:
                     # Our claim expired and another sync wrote: its result is as fresh as ours.
-                    self._cache.release(user_id, claimed, owner)
+                    self.cache.release(user_id, claimed, owner)
                     return CheckResult(user_id, current, "shared")
                 if attempt == 2 or current is None or stored is None:
                     raise
@@ -285,24 +277,24 @@ class TicketCacheService:
         """Write ``plan`` under the claim of ``revision``; False when someone else holds it or the
         document moved (the caller re-reads and tries again)."""
         owner = uuid.uuid4().hex
-        if not self._cache.claim(user_id, revision, owner, self._clock.now(), self._claim_ttl(deadline)):
+        if not self.cache.claim(user_id, revision, owner, self.clock.now(), self._claim_ttl(deadline)):
             return False
         try:
-            self._cache.write(plan)
+            self.cache.write(plan)
         except ConcurrentModification:
-            self._cache.release(user_id, revision, owner)
+            self.cache.release(user_id, revision, owner)
             return False
         except BaseException:
-            self._cache.release(user_id, revision, owner)
+            self.cache.release(user_id, revision, owner)
             raise
         return True
 
     def _queue_refresh(self, user_id: int) -> bool:
         """Queue a sync behind the rider; False (and the read syncs itself) when the queue is unavailable."""
-        if self._queue is None:
+        if self.queue is None:
             return False
         try:
-            self._queue.enqueue([UpdateMessage(user_id=user_id, reason="refresh")])
+            self.queue.enqueue([UpdateMessage(user_id=user_id, reason="refresh")])
         except BytemarkCacheError as exc:
             logger.warning(
                 "refresh not queued; syncing inline", extra={"user_id": user_id, "error": str(exc)}
@@ -313,16 +305,16 @@ class TicketCacheService:
     def _postpone(self, user_id: int, seconds: int) -> None:
         """Move the user's next background sync away (a revoked token: asking again soon cannot help)."""
         try:
-            self._cache.set_next_sync(user_id, int(self._clock.now()) + seconds)
+            self.cache.set_next_sync(user_id, int(self.clock.now()) + seconds)
         except BytemarkCacheError as exc:
             logger.warning("next sync not postponed", extra={"user_id": user_id, "error": str(exc)})
 
     def _load(self, user_id: int) -> StoredCache | None:
-        return read_cache(self._cache.load(user_id), user_id, self._clock.now())
+        return read_cache(self.cache.load(user_id), user_id, self.clock.now())
 
     def _claim_ttl(self, deadline: Deadline) -> float:
         """A claim lasts until its holder surely gave up: its deadline plus slack, at most the setting."""
-        return min(self._claim_seconds, deadline.remaining(self._clock.now()) + CLAIM_SLACK_SECONDS)
+        return min(self.claim_seconds, deadline.remaining(self.clock.now()) + CLAIM_SLACK_SECONDS)
 
 
 def _with_fields(plan: SyncPlan, fields: dict[str, Any]) -> SyncPlan:
