@@ -22,7 +22,10 @@ from .lambda_emulator import (
     E2eStores,
     EmulatorPool,
     TokenTable,
-    ensure_update_queues,
+    UpdateQueues,
+    built_template_settings,
+    create_update_queues,
+    delete_update_queues,
     find_sam,
     missing_artifacts,
     run_sam_build,
@@ -67,7 +70,7 @@ def rie_available() -> Path:
 
 @pytest.fixture(scope="session")
 def artifacts(build_dir: Path, rie_available: Path) -> Iterator[EmulatorPool]:
-    """One emulator per built function for the whole session (stopped at the end); no service check."""
+    """One emulator per built function with the local settings (stopped at the end); no service check."""
     emulators = EmulatorPool(local_settings(), build_dir)
     try:
         yield emulators
@@ -83,8 +86,12 @@ def simulator() -> Iterator[SimulatorServer]:
 
 
 @pytest.fixture(scope="session")
-def stores(simulator: SimulatorServer) -> Iterator[E2eStores]:
-    """The session's settings and stores, once the local services accept connections."""
+def stores(build_dir: Path, simulator: SimulatorServer) -> Iterator[E2eStores]:
+    """The session's settings and stores, once the local services accept connections.
+
+    Databases, the update queue and its DLQ are this session's own; the queue is made with the template's
+    redrive (maxReceiveCount) and visibility timeout.
+    """
     settings = {**local_settings(), "BYTEMARK_API_URL": simulator.url}
     if down := unreachable_services(settings):
         pytest.fail(
@@ -104,14 +111,23 @@ def stores(simulator: SimulatorServer) -> Iterator[E2eStores]:
         )
     mongo = CacheDatabase(settings)
     sqs = sqs_client(settings)
+    source = built_template_settings(build_dir).sqs_sources["UserUpdatesFunction"]
+    queues: UpdateQueues | None = None
     try:
-        queues = ensure_update_queues(
-            sqs, settings["UPDATE_QUEUE_URL"], settings.get("UPDATE_DLQ_NAME") or "bytemark-user-updates-dlq"
+        queues = create_update_queues(
+            sqs,
+            "btc-e2e-updates-",
+            max_receive_count=source.max_receive_count or 10,
+            visibility_timeout_seconds=source.visibility_timeout_seconds,
         )
-        # The functions get the queue's URL as SQS spells it (moto may name another host than configured).
+        # What the stack gives the functions: the queue (every function), the DLQ (user_updates only, by
+        # the template), as SQS spells their URLs.
         settings["UPDATE_QUEUE_URL"] = queues.url
+        settings["UPDATE_DLQ_URL"] = queues.dlq_url
         yield E2eStores(settings, tokens, mongo, sqs, queues)
     finally:
+        if queues is not None:
+            delete_update_queues(sqs, queues)
         tokens.drop_database()
         tokens.close()
         mongo.drop()

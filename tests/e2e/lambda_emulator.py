@@ -1,14 +1,22 @@
 """End-to-end harness: the artifacts of ``sam build``, the local settings, and one emulator per function.
 
 The runner itself is ``local/emulator.py`` (shared with the local stack); this module adds what the tests
-need around it: finding or producing the build, reading each function's handler, timeout and memory from
-the built template, checking that the local services answer, an import probe that shows where a
-built function's modules really come from, and the test data helpers: ``bytemark_tokens`` rows in MySQL,
-the functions' MongoDB collections, and the update queue (with its DLQ) on SQS.
+need around it: finding or producing the build, reading each function's handler, timeout, memory and
+environment from the built template, checking that the local services answer, an import probe that shows
+where a built function's modules (and its environment) really come from, and the test data helpers:
+``bytemark_tokens`` rows in MySQL, the functions' MongoDB collections, and update queues (each with its
+DLQ) on SQS.
+
+Each function's environment follows the template, as ``local/stack.py`` builds it: the session's settings
+(where the servers are) minus the variables another function owns, plus the function's own template
+variables (which win), plus what a test overrides. Unlike the stack, the MongoDB URI and the MySQL
+credentials are passed directly rather than through Secrets Manager: the local secrets name the shared
+``portal`` database, and every session works in throw-away databases of its own.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -19,7 +27,7 @@ import subprocess
 import textwrap
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +38,7 @@ import pymongo
 import pymysql
 import yaml
 from emulator import BuiltFunction, LambdaEmulator
+from local_env import TemplateSettings, template_settings
 from pymongo.collection import Collection
 
 from bytemark_cache.config import Settings
@@ -52,12 +61,13 @@ PROBE_SOURCE = textwrap.dedent(
     '''
     """Reports where modules are imported from inside the emulated runtime (e2e tests only)."""
     import importlib
+    import os
     import sys
 
 
     def lambda_handler(event, context):
         files = {name: importlib.import_module(name).__file__ for name in event["modules"]}
-        return {"files": files, "sys_path": list(sys.path)}
+        return {"files": files, "sys_path": list(sys.path), "environ": dict(os.environ)}
     '''
 )
 
@@ -137,17 +147,77 @@ def _address(url: str, default_port: int) -> tuple[str, int]:
     return parts.hostname or "", parts.port or default_port
 
 
+LOCAL_KNOB_PREFIX = "LOCAL_"
+"""Settings of the local stack itself (``local/defaults.env``); never a function's, as in local/stack.py."""
+
+
+@functools.cache
+def _template_settings(template: Path, modified_ns: int) -> TemplateSettings:
+    del modified_ns  # part of the cache key only: a rebuilt template is read again
+    return template_settings(template)
+
+
+def built_template_settings(build_dir: Path = BUILD_DIR) -> TemplateSettings:
+    """What the built template says about every function (read once per build)."""
+    template = build_dir / "template.yaml"
+    return _template_settings(template, template.stat().st_mtime_ns)
+
+
+def function_environment(
+    function_id: str,
+    settings: Mapping[str, str],
+    overrides: Mapping[str, str] | None = None,
+    *,
+    template: TemplateSettings,
+) -> dict[str, str]:
+    """The settings ``function_id`` runs with, following the template as ``local/stack.py`` does.
+
+    ``settings`` say where the servers are (the session's databases, queues and simulator); a variable
+    that another function owns in the template is dropped (in AWS this one does not get it), the
+    function's own template variables with a known value replace the settings' (``IDENTITY_CLAIM``,
+    ``REDELIVERY_*``, ``BYTEMARK_MAX_RETRIES`` …), and ``overrides`` - a test's changes, like a deployment
+    with other parameter values - come last, for the variables this function gets at all. Every variable of
+    the function's own ``Environment`` must end up with a value: one the template cannot give offline
+    (``UPDATE_DLQ_URL`` is a queue's ``Ref``) must come from ``settings``.
+    """
+    function = template.function(function_id)
+    elsewhere = template.variables_owned_elsewhere(function_id)
+
+    def applicable(values: Mapping[str, str]) -> dict[str, str]:
+        return {
+            key: value
+            for key, value in values.items()
+            if key not in elsewhere and not key.startswith(LOCAL_KNOB_PREFIX)
+        }
+
+    environment = applicable(settings)
+    environment.update(function.environment)
+    environment.update(applicable(overrides or {}))
+    if unresolved := sorted(name for name in function.own_variables if not environment.get(name)):
+        raise AssertionError(
+            f"{function_id}'s template variables {unresolved} have no local value: the e2e settings "
+            "must provide them (as local/stack.py does for the deployed stack's resources)"
+        )
+    return environment
+
+
 class EmulatorPool:
-    """One emulator per built function, started on first use and kept for the session."""
+    """One emulator per built function, started on first use and kept for the session.
+
+    Each function runs with ``function_environment``: the pool's ``settings`` shaped by the built
+    template, then the pool's ``overrides``.
+    """
 
     def __init__(
         self,
         settings: Mapping[str, str],
         build_dir: Path = BUILD_DIR,
         *,
+        overrides: Mapping[str, str] | None = None,
         timeouts: Mapping[str, int] | None = None,
     ) -> None:
         self.settings = dict(settings)
+        self.overrides = dict(overrides or {})
         self.build_dir = build_dir
         # Per-function timeouts that replace the template's (the back-fill's remaining time comes from it).
         self.timeouts = dict(timeouts or {})
@@ -156,9 +226,22 @@ class EmulatorPool:
     def derive(
         self, overrides: Mapping[str, str], *, timeouts: Mapping[str, int] | None = None
     ) -> EmulatorPool:
-        """A new pool (its own emulators; close it) with these settings and timeouts on top of this one's."""
+        """A new pool (its own emulators; close it) with these overrides and timeouts on top of this one's.
+
+        An override is a test's change to what a function gets (it beats the template's value); a variable
+        the template gives only to other functions stays theirs.
+        """
         return EmulatorPool(
-            {**self.settings, **overrides}, self.build_dir, timeouts={**self.timeouts, **(timeouts or {})}
+            self.settings,
+            self.build_dir,
+            overrides={**self.overrides, **overrides},
+            timeouts={**self.timeouts, **(timeouts or {})},
+        )
+
+    def environment(self, function_id: str) -> dict[str, str]:
+        """The settings ``function_id`` runs with in this pool (see ``function_environment``)."""
+        return function_environment(
+            function_id, self.settings, self.overrides, template=built_template_settings(self.build_dir)
         )
 
     def built(self, function_id: str) -> BuiltFunction:
@@ -174,7 +257,7 @@ class EmulatorPool:
             config = function_config(function_id, self.build_dir)
             emulator = LambdaEmulator(
                 self.built(function_id),
-                self.settings,
+                self.environment(function_id),
                 timeout_seconds=self.timeouts.get(function_id, config.timeout_seconds),
                 memory_mb=config.memory_mb,
             )
@@ -186,11 +269,25 @@ class EmulatorPool:
         """Invoke ``function_id`` with ``event`` and return its JSON object answer."""
         return self.emulator(function_id).invoke(event)
 
+    def log_records(self, function_id: str, message: str | None = None) -> list[dict[str, Any]]:
+        """The function's JSON log lines so far (Powertools), only those with ``message`` if given."""
+        records = []
+        for line in self.emulator(function_id).log_text().splitlines():
+            if not line.startswith("{"):
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and (message is None or record.get("message") == message):
+                records.append(record)
+        return records
+
     def probe_imports(self, function_id: str, modules: list[str], probe_dir: Path) -> dict[str, Any]:
-        """Where ``modules`` are imported from in ``function_id``'s emulated runtime.
+        """Where ``modules`` are imported from in ``function_id``'s emulated runtime, and its environment.
 
         Runs a throw-away emulator configured exactly like the function's (same code folder, layer,
-        working directory and settings) whose handler is a probe placed *after* them on the path.
+        working directory and environment) whose handler is a probe placed *after* them on the path.
         """
         probe_dir.mkdir(parents=True, exist_ok=True)
         (probe_dir / f"{PROBE_MODULE}.py").write_text(PROBE_SOURCE)
@@ -198,7 +295,7 @@ class EmulatorPool:
         probe = BuiltFunction(
             function_id, built.code_dir, built.layer_python_dir, f"{PROBE_MODULE}.lambda_handler"
         )
-        with LambdaEmulator(probe, self.settings, extra_paths=[probe_dir]) as emulator:
+        with LambdaEmulator(probe, self.environment(function_id), extra_paths=[probe_dir]) as emulator:
             return emulator.invoke({"modules": modules})
 
     def close(self) -> None:
@@ -266,6 +363,10 @@ class TokenTable:
         if ids:
             placeholders = ", ".join(["%s"] * len(ids))
             self._execute(f"DELETE FROM bytemark_tokens WHERE user_id IN ({placeholders})", ids)
+
+    def clear(self) -> None:
+        """Remove every row."""
+        self._execute("DELETE FROM bytemark_tokens")
 
     def drop_database(self) -> None:
         """Drop the whole database (only for the throw-away ``btc_test_*`` ones)."""
@@ -340,7 +441,7 @@ class CacheDatabase:
 
 @dataclass(frozen=True)
 class UpdateQueues:
-    """The update queue, its DLQ and the redrive policy's receive limit."""
+    """An update queue, its DLQ and the redrive policy's receive limit."""
 
     url: str
     dlq_url: str
@@ -358,51 +459,75 @@ def sqs_client(settings: Mapping[str, str]) -> Any:
     )
 
 
-def queue_name(url: str) -> str:
-    """The queue name at the end of a queue URL."""
-    return url.rstrip("/").rsplit("/", 1)[-1]
-
-
-def ensure_update_queues(
-    sqs: Any, queue_url: str, dlq_name: str, default_max_receive_count: int = 3
+def create_update_queues(
+    sqs: Any, prefix: str, *, max_receive_count: int, visibility_timeout_seconds: int
 ) -> UpdateQueues:
-    """The update queue with a redrive policy to ``dlq_name``, created if missing (idempotent).
+    """A new update queue ``<prefix><random>`` whose redrive policy sends to its own new DLQ.
 
-    An existing redrive policy (``local/services.sh`` sets one) is kept as it is; only a missing queue,
-    DLQ or policy is made, as the service scripts would.
+    As the template makes ``UpdateQueue`` and ``UpdateDeadLetterQueue`` (tests pass the template's
+    maxReceiveCount and VisibilityTimeout, or smaller ones to see the redrive within a test); delete both
+    with ``delete_update_queues``. The URLs are as SQS spells them (moto may name another host).
     """
-    dlq_url: str = sqs.create_queue(QueueName=dlq_name)["QueueUrl"]
-    dlq_attributes = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]
-    dlq_arn = dlq_attributes["QueueArn"]
-    url: str = sqs.create_queue(QueueName=queue_name(queue_url))["QueueUrl"]
-    answer = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])
-    attributes = answer.get("Attributes", {})
-    policy = json.loads(attributes["RedrivePolicy"]) if attributes.get("RedrivePolicy") else {}
-    if policy.get("deadLetterTargetArn") != dlq_arn or "maxReceiveCount" not in policy:
-        policy = {
-            "deadLetterTargetArn": dlq_arn,
-            "maxReceiveCount": int(policy.get("maxReceiveCount") or default_max_receive_count),
-        }
-        sqs.set_queue_attributes(QueueUrl=url, Attributes={"RedrivePolicy": json.dumps(policy)})
-    return UpdateQueues(url, dlq_url, int(policy["maxReceiveCount"]))
+    name = unique_name(prefix)
+    dlq_url: str = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
+    attributes = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]
+    dlq_arn = attributes["QueueArn"]
+    policy = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count}
+    url: str = sqs.create_queue(
+        QueueName=name,
+        Attributes={
+            "RedrivePolicy": json.dumps(policy),
+            "VisibilityTimeout": str(visibility_timeout_seconds),
+        },
+    )["QueueUrl"]
+    return UpdateQueues(url, dlq_url, max_receive_count)
 
 
-def receive_all(sqs: Any, url: str, *, deadline_seconds: float = 60.0) -> list[dict[str, Any]]:
-    """Every message visible in the queue now, each once (held invisible for 10 minutes, not deleted)."""
-    messages: list[dict[str, Any]] = []
+def delete_update_queues(sqs: Any, queues: UpdateQueues) -> None:
+    """Delete a queue pair made by ``create_update_queues``."""
+    for url in (queues.url, queues.dlq_url):
+        sqs.delete_queue(QueueUrl=url)
+
+
+def take_messages(
+    sqs: Any, url: str, wanted: Callable[[dict[str, Any]], bool], *, deadline_seconds: float = 30.0
+) -> list[dict[str, Any]]:
+    """Delete and return every message visible in the queue now that ``wanted`` accepts (with its
+    attributes and message attributes); every other message is left visible as it was."""
+    taken: list[dict[str, Any]] = []
+    held: list[dict[str, Any]] = []
     deadline = time.monotonic() + deadline_seconds
-    while time.monotonic() < deadline:
-        batch = sqs.receive_message(
-            QueueUrl=url,
-            MaxNumberOfMessages=10,
-            WaitTimeSeconds=0,
-            VisibilityTimeout=600,
-            AttributeNames=["All"],
-        ).get("Messages", [])
-        if not batch:
-            return messages
-        messages.extend(batch)
-    raise AssertionError(f"{url} was still yielding messages after {deadline_seconds:.0f} s")
+    try:
+        # Read past whatever else the queue holds: each message is held briefly so it is seen once.
+        while time.monotonic() < deadline:
+            batch = sqs.receive_message(
+                QueueUrl=url,
+                MaxNumberOfMessages=10,
+                WaitTimeSeconds=0,
+                VisibilityTimeout=60,
+                AttributeNames=["All"],
+                MessageAttributeNames=["All"],
+            ).get("Messages", [])
+            if not batch:
+                return taken
+            for message in batch:
+                if wanted(message):
+                    sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+                    taken.append(message)
+                else:
+                    held.append(message)
+        raise AssertionError(f"{url} was still yielding messages after {deadline_seconds:.0f} s")
+    finally:
+        for message in held:
+            sqs.change_message_visibility(
+                QueueUrl=url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+            )
+
+
+def message_attribute(message: dict[str, Any], name: str) -> str | None:
+    """A string message attribute of a received message, or None."""
+    attribute = (message.get("MessageAttributes") or {}).get(name)
+    return None if attribute is None else str(attribute.get("StringValue"))
 
 
 # -- the session's stores and test users ------------------------------------------------------------
@@ -417,7 +542,8 @@ class E2eStores:
 
     MongoDB and MySQL use throw-away databases of this session (dropped at the end), so what a test
     asserts about "every user" (the back-fill) is not disturbed by other data on the same servers. The
-    update queue is the configured one (it must exist, with its DLQ, for the functions and the poller).
+    update queue and its DLQ are this session's too (deleted at the end), made like the template's: the
+    functions send refreshes to the queue, and user_updates dead-letters to the DLQ (``UPDATE_DLQ_URL``).
     """
 
     settings: dict[str, str]
@@ -457,8 +583,24 @@ class Accounts:
         self._stores.tokens.put(user_id, account.token)
         return account
 
+    def new_idle(self, *, unused: int = 2, expired: int = 1) -> Account:
+        """A user whose current passes are all bought and never activated: none is in use and none changes
+        by the clock alone (no expiration), so an old cache of theirs is refreshed behind the rider."""
+        account = self.new(current=0, expired=expired)
+        for _ in range(unused):
+            self._simulator.admin.purchase(account.user_id, "Local Single Ride")
+        return account
+
+    def new_riding(self, *, unused: int = 1, expired: int = 1) -> Account:
+        """A user riding on a 7-day pass activated just now (in use for a week) and holding ``unused``
+        never activated passes: an old cache of theirs is synced before the read is answered."""
+        account = self.new_idle(unused=unused, expired=expired)
+        riding = self._simulator.admin.purchase(account.user_id, "Regional 7-Day Pass")
+        self._simulator.admin.activate(account.user_id, riding["uuid"])
+        return account
+
     def cleanup(self) -> None:
-        """Delete the token rows, caches, change logs and leases of every user handed out; clear faults."""
+        """Delete the token rows, caches, change logs and claims of every user handed out; clear faults."""
         self._simulator.admin.clear_faults()
         self._stores.tokens.delete(self.ids)
         self._stores.mongo.forget(self.ids)

@@ -1,7 +1,8 @@
 """The local stack's API front end to end: real HTTP through ``LocalApiGateway`` to the built function.
 
 ``local/gateway.py`` turns an HTTP request into the API Gateway proxy event (identity from the
-``X-Local-User-Id`` header in dev-identity mode) and hands it to the emulator running the artifact of
+``X-Local-User-Id`` header in dev-identity mode, handed on as Cognito's claims: the user id in the claim the
+function's ``IDENTITY_CLAIM`` names, ``sub`` a UUID) and gives it to the emulator running the artifact of
 ``sam build``, as ``make up`` wires it. A request without identity is refused by the gateway itself,
 like an authorizer would: the function is never invoked.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,9 +51,20 @@ def recorded(pool: EmulatorPool) -> RecordingInvoke:
     return RecordingInvoke(pool)
 
 
+def identity_claim(pool: EmulatorPool) -> str:
+    """The claim the built function reads the caller from (its ``IDENTITY_CLAIM``, from the template)."""
+    return pool.environment(FUNCTION)["IDENTITY_CLAIM"]
+
+
 def start_gateway(invoke: RecordingInvoke, *, dev_identity: bool) -> LocalApiGateway:
-    """A gateway on a free port (the OS picks it)."""
-    gateway = LocalApiGateway(invoke, host="127.0.0.1", port=0, dev_identity=dev_identity)
+    """A gateway on a free port (the OS picks it), with Cognito claims named as the stack names them."""
+    gateway = LocalApiGateway(
+        invoke,
+        host="127.0.0.1",
+        port=0,
+        dev_identity=dev_identity,
+        identity_claim=identity_claim(invoke.pool),
+    )
     gateway.start()
     return gateway
 
@@ -94,9 +107,11 @@ def test_get_tickets_over_http_answers_the_callers_tickets(
     )
     assert all("effective_status" in item for item in [*body["passes"], *body["passes4"]])
     assert stores.mongo.document(account.user_id) is not None
-    # The function saw the authorizer's identity, and never the local header.
+    # The function saw the authorizer's identity (Cognito's claims), and never the local header.
     [event] = recorded.events
-    assert event["requestContext"]["authorizer"]["user_id"] == str(account.user_id)
+    claims = event["requestContext"]["authorizer"]["claims"]
+    assert claims[identity_claim(recorded.pool)] == str(account.user_id)
+    assert str(uuid.UUID(claims["sub"])) == claims["sub"] != str(account.user_id), "sub is a UUID"
     assert DEV_IDENTITY_HEADER.lower() not in {name.lower() for name in event["headers"]}
     assert event["httpMethod"] == "GET"
     assert event["path"] == "/tickets"

@@ -1,8 +1,10 @@
 """scheduled_backfill end to end: the ``events/schedule_*.json`` inputs through the built function.
 
-Each test gets a back-fill of its own: a throw-away MySQL database (so "every user with a token" is
-exactly the users the test seeds), its own SQS queue (read back to see who was enqueued, and how often)
-and its own run-progress collection (so run ids of other tests cannot make a run look finished).
+The back-fill of these tests has stores of its own, emptied before each test: a throw-away MySQL database
+(so "every user with a token" is exactly the users the test seeds), cache and change-log collections (so
+"every due user" and "every old entry" are exactly the test's), an SQS queue (read back to see who was
+enqueued, and how often) and a run-progress collection (so run ids of other tests cannot make a run look
+finished). One warm emulator serves the module; a test that needs other settings gets its own.
 The continuation test runs the local Lambda Invoke API front (``local/gateway.py``) that the function's
 boto3 client reaches through ``AWS_ENDPOINT_URL_LAMBDA``.
 """
@@ -19,7 +21,10 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
+from emulator import FunctionError, free_port
 from gateway import LocalLambdaApi
+
+from bytemark_cache.domain.freshness import FAILED_SYNC_RETRY_SECONDS
 
 from .lambda_emulator import (
     Accounts,
@@ -27,7 +32,7 @@ from .lambda_emulator import (
     EmulatorPool,
     TokenTable,
     load_event,
-    receive_all,
+    take_messages,
     unique_name,
 )
 
@@ -37,7 +42,7 @@ FUNCTION = "ScheduledBackfillFunction"
 
 
 class Backfill:
-    """One test's back-fill: its token table, queue and run collection, and emulators that use them."""
+    """The back-fill's own token table, collections and queue, and emulators that use them."""
 
     def __init__(self, pool: EmulatorPool, stores: E2eStores) -> None:
         self._pool = pool
@@ -45,35 +50,65 @@ class Backfill:
         self.tokens = TokenTable(stores.settings, unique_name("btc_test_e2e_bf_"))
         self.queue_url: str = stores.sqs.create_queue(QueueName=unique_name("btc-e2e-backfill-"))["QueueUrl"]
         self.run_collection = unique_name("BackfillRuns_")
+        database = stores.mongo.client[stores.mongo.name]
+        self.runs = database[self.run_collection]
+        self.cache = database[unique_name("BytemarkTicketsCache_")]
+        self.log = database[unique_name("BytemarkTicketsLog_")]
         self._pools: list[EmulatorPool] = []
         self._default: EmulatorPool | None = None
+
+    def empty(self) -> None:
+        """Remove every token row, cache document, log entry, run record and queued message."""
+        self.tokens.clear()
+        for collection in (self.cache, self.log, self.runs):
+            collection.delete_many({})
+        take_messages(self._stores.sqs, self.queue_url, lambda _message: True)
 
     def functions(
         self, settings: Mapping[str, str] | None = None, *, timeout_seconds: int | None = None
     ) -> EmulatorPool:
-        """Emulators wired to this back-fill's table, queue and run collection (plus ``settings``)."""
-        derived = self._pool.derive(
+        """Emulators wired to this back-fill's table, collections and queue (plus ``settings``), for one
+        test (``close_test_functions`` stops them)."""
+        derived = self._wired(settings or {}, timeout_seconds)
+        self._pools.append(derived)
+        return derived
+
+    def _wired(self, settings: Mapping[str, str], timeout_seconds: int | None = None) -> EmulatorPool:
+        return self._pool.derive(
             {
                 "MYSQL_DATABASE": self.tokens.database,
                 "UPDATE_QUEUE_URL": self.queue_url,
                 "BACKFILL_RUN_COLLECTION": self.run_collection,
-                **(settings or {}),
+                "CACHE_COLLECTION": self.cache.name,
+                "LOG_COLLECTION": self.log.name,
+                **settings,
             },
             timeouts=None if timeout_seconds is None else {FUNCTION: timeout_seconds},
         )
-        self._pools.append(derived)
-        return derived
 
     def run(self, event: dict[str, Any]) -> dict[str, Any]:
-        """Invoke the back-fill with ``event`` (default wiring) and return its summary."""
+        """Invoke the back-fill with ``event`` (default wiring, warm across tests) and return its summary."""
         if self._default is None:
-            self._default = self.functions()
+            self._default = self._wired({})
         return self._default.invoke(FUNCTION, event)
 
+    def insert_cache(self, user_id: int | str, timestamp: int, **fields: Any) -> None:
+        """A minimal contract §4 cache document (no passes) synced at ``timestamp``, plus ``fields``."""
+        self.cache.insert_one(
+            {"user_id": user_id, "timestamp": timestamp, "passes": [], "passes4": [], **fields}
+        )
+
+    def next_sync_at(self, user_id: int | str) -> Any:
+        """The stored ``next_sync_at`` of the user's document (None when it has none)."""
+        document = self.cache.find_one({"user_id": user_id})
+        assert document is not None, user_id
+        return document.get("next_sync_at")
+
     def enqueued(self) -> Counter[int]:
-        """How often each user id is on this back-fill's queue (every message must be a back-fill one)."""
+        """How often each user id is on this back-fill's queue, taken off it (every message must be a
+        back-fill one)."""
         counts: Counter[int] = Counter()
-        for message in receive_all(self._stores.sqs, self.queue_url):
+        for message in take_messages(self._stores.sqs, self.queue_url, lambda _message: True):
             body = json.loads(message["Body"])
             assert body["reason"] == "backfill", body
             assert set(body) <= {"user_id", "reason", "pass_uuid"}, body
@@ -82,27 +117,45 @@ class Backfill:
 
     def recorded_runs(self) -> int:
         """How many run-progress records the function has written."""
-        database = self._stores.mongo.client[self._stores.mongo.name]
-        return database[self.run_collection].count_documents({})
+        return self.runs.count_documents({})
+
+    def close_test_functions(self) -> None:
+        """Stop the emulators ``functions`` started."""
+        pools, self._pools = self._pools, []
+        for derived in pools:
+            derived.close()
 
     def close(self) -> None:
-        """Stop the emulators and remove the table's database, the queue and the run collection."""
-        for derived in self._pools:
-            derived.close()
+        """Stop every emulator and remove the table's database, the queue and the collections."""
+        self.close_test_functions()
+        if self._default is not None:
+            self._default.close()
         self.tokens.drop_database()
         self.tokens.close()
         self._stores.sqs.delete_queue(QueueUrl=self.queue_url)
-        self._stores.mongo.client[self._stores.mongo.name].drop_collection(self.run_collection)
+        database = self._stores.mongo.client[self._stores.mongo.name]
+        for collection in (self.run_collection, self.cache.name, self.log.name):
+            database.drop_collection(collection)
 
 
-@pytest.fixture
-def backfill(pool: EmulatorPool, stores: E2eStores) -> Iterator[Backfill]:
-    """A back-fill of this test's own, removed afterwards."""
+@pytest.fixture(scope="module")
+def backfill_stores(pool: EmulatorPool, stores: E2eStores) -> Iterator[Backfill]:
+    """The back-fill's own stores and warm emulator for this module, removed afterwards."""
     own = Backfill(pool, stores)
     try:
         yield own
     finally:
         own.close()
+
+
+@pytest.fixture
+def backfill(backfill_stores: Backfill) -> Iterator[Backfill]:
+    """The back-fill with empty stores (whatever an earlier test left is gone)."""
+    backfill_stores.empty()
+    try:
+        yield backfill_stores
+    finally:
+        backfill_stores.close_test_functions()
 
 
 def safety_margin_seconds(pool: EmulatorPool) -> int:
@@ -132,7 +185,7 @@ def test_missing_mode_enqueues_exactly_the_users_with_a_token_and_no_cache(
             (also_no_cache, "tok-e"),
         ]
     )
-    stores.mongo.insert_cache(cached, int(time.time()) - 10 * 86400)
+    backfill.insert_cache(cached, int(time.time()) - 10 * 86400)
 
     summary = backfill.run(load_event("schedule_missing.json"))
 
@@ -161,7 +214,7 @@ def test_stale_mode_enqueues_exactly_the_users_whose_cache_is_ttl_old(
         (long_stale, 30 * 86400),
         (stale_without_token, 30 * 86400),
     ):
-        stores.mongo.insert_cache(user_id, now - age)
+        backfill.insert_cache(user_id, now - age)
 
     summary = backfill.run(load_event("schedule_stale.json"))
 
@@ -194,7 +247,7 @@ def test_a_rerun_of_the_same_run_id_enqueues_nobody_twice(
     stale, also_stale = accounts.new_id(), accounts.new_id()
     backfill.tokens.put_many([(stale, "tok-s"), (also_stale, "tok-t")])
     for user_id in (stale, also_stale):
-        stores.mongo.insert_cache(user_id, int(time.time()) - ttl - 60)
+        backfill.insert_cache(user_id, int(time.time()) - ttl - 60)
     event = load_event("schedule_stale.json")
     assert event.get("run_id"), "schedule_stale.json names its run"
 
@@ -205,6 +258,102 @@ def test_a_rerun_of_the_same_run_id_enqueues_nobody_twice(
     assert first["enqueued"] == 2, first
     assert again["cursor"] is None, again
     assert backfill.enqueued() == Counter({stale: 1, also_stale: 1})
+
+
+def test_due_mode_enqueues_exactly_the_due_users_and_holds_them(
+    backfill: Backfill, accounts: Accounts
+) -> None:
+    now = int(time.time())
+    long_due, just_due, node_document, stored_as_text, later, tomorrow = (accounts.new_id() for _ in range(6))
+    backfill.insert_cache(long_due, now - 86400, next_sync_at=now - 3600)
+    backfill.insert_cache(just_due, now - 3600, next_sync_at=now - 5)
+    backfill.insert_cache(node_document, now - 600)  # written by the Node service: no next_sync_at, so due
+    backfill.insert_cache(str(stored_as_text), now - 7200, next_sync_at=now - 60)  # a legacy text user_id
+    backfill.insert_cache(later, now - 60, next_sync_at=now + 600)
+    backfill.insert_cache(tomorrow, now - 60, next_sync_at=now + 86400)
+    due = [long_due, just_due, node_document, stored_as_text]
+    event = load_event("schedule_due.json")
+
+    summary = backfill.run(event)
+
+    assert summary["mode"] == "due", summary
+    assert summary["enqueued"] == len(due), summary
+    assert summary["scanned"] == len(due), summary
+    assert summary["cursor"] is None, summary
+    assert backfill.enqueued() == Counter(dict.fromkeys(due, 1))
+    # Each taken user is held until its queued sync had time to land (and is due again if it failed).
+    held_until = now + FAILED_SYNC_RETRY_SECONDS
+    for user_id in (long_due, just_due, node_document, str(stored_as_text)):
+        assert held_until <= backfill.next_sync_at(user_id) <= held_until + 60, user_id
+    assert backfill.next_sync_at(later) == now + 600
+    assert backfill.next_sync_at(tomorrow) == now + 86400
+
+    # The next firing (a new run) finds nobody due: the held users are not enqueued twice.
+    event["run_id"] = f"{event['run_id']}+5min"
+    again = backfill.run(event)
+    assert again["enqueued"] == 0, again
+    assert backfill.enqueued() == Counter()
+
+
+def test_prune_mode_deletes_exactly_the_change_log_entries_older_than_the_retention(
+    backfill: Backfill, accounts: Accounts, pool: EmulatorPool
+) -> None:
+    retention_days = int(pool.environment(FUNCTION)["CHANGE_LOG_RETENTION_DAYS"])
+    now = int(time.time())
+    user_id = accounts.new_id()
+    ages_days = {
+        "ancient": 3 * retention_days,
+        "old": retention_days + 1,
+        "kept": retention_days - 1,
+        "new": 0,
+    }
+    backfill.log.insert_many(
+        [
+            {
+                "_id": f"e2e:{user_id}:{name}",
+                "user_id": user_id,
+                "timestamp": now - days * 86400,
+                "uuid": f"pass-{name}",
+                "status": "USABLE",
+                "action": "created",
+                "list": "passes",
+                "payload_hash": "0" * 32,
+                "previous_hash": None,
+            }
+            for name, days in ages_days.items()
+        ]
+    )
+
+    summary = backfill.run(load_event("schedule_prune.json"))
+
+    assert summary["mode"] == "prune", summary
+    assert summary["pruned"] == 2, summary
+    assert summary["cursor"] is None, summary
+    assert sorted(entry["_id"] for entry in backfill.log.find({})) == [
+        f"e2e:{user_id}:kept",
+        f"e2e:{user_id}:new",
+    ]
+    assert backfill.enqueued() == Counter()
+
+
+def test_a_transient_failure_raises_so_eventbridge_retries_the_run(
+    backfill: Backfill, accounts: Accounts
+) -> None:
+    user_id = accounts.new_id()
+    backfill.tokens.put(user_id, "tok-x")
+    # MySQL unreachable: nothing listens on this port (it was free a moment ago).
+    unreachable = backfill.functions({"MYSQL_PORT": str(free_port())})
+    event = load_event("schedule_missing.json")
+
+    with pytest.raises(FunctionError) as failed:
+        unreachable.invoke(FUNCTION, event)
+
+    assert failed.value.error_type == "BackfillFailed", failed.value
+    assert backfill.enqueued() == Counter()
+    # Once MySQL answers again, EventBridge's retry of the same input does the work.
+    summary = backfill.run(event)
+    assert summary["enqueued"] == 1, summary
+    assert backfill.enqueued() == Counter({user_id: 1})
 
 
 # -- resuming near the time limit ---------------------------------------------------------------------
@@ -222,7 +371,7 @@ def test_a_run_near_the_time_limit_hands_its_cursor_on_until_every_user_is_enque
         [(user_id, None if user_id in without_token else f"tok-{user_id}") for user_id in users]
     )
     for user_id in cached:
-        stores.mongo.insert_cache(user_id, int(time.time()))
+        backfill.insert_cache(user_id, int(time.time()))
     due = [user_id for user_id in users if user_id not in cached and user_id not in without_token]
 
     results: list[dict[str, Any]] = []

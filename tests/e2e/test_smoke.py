@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from .lambda_emulator import EVENTS_DIR, FUNCTION_IDS, REPO_ROOT, EmulatorPool
+from .lambda_emulator import EVENTS_DIR, FUNCTION_IDS, REPO_ROOT, EmulatorPool, built_template_settings
 
 pytestmark = pytest.mark.e2e
 
@@ -56,7 +56,7 @@ def test_schedule_answers_a_backfill_summary(pool: EmulatorPool) -> None:
 
 
 @pytest.mark.parametrize("function_id", FUNCTION_IDS)
-def test_code_and_layer_are_imported_from_the_build(
+def test_code_layer_and_environment_come_from_the_build(
     function_id: str, artifacts: EmulatorPool, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     built = artifacts.built(function_id)
@@ -75,3 +75,14 @@ def test_code_and_layer_are_imported_from_the_build(
     for entry in report["sys_path"]:
         path = Path(entry).resolve() if entry else built.code_dir  # "" is the runtime's working directory
         assert not path.is_relative_to(REPO_ROOT) or any(path.is_relative_to(a) for a in allowed), entry
+    # The environment is the template's for this function: its own variables with the template's values
+    # (those only the stack can know, such as UPDATE_DLQ_URL, from the settings), none that the template
+    # gives only to another function, and none of the local stack's own knobs.
+    template = built_template_settings(artifacts.build_dir)
+    environ: dict[str, str] = report["environ"]
+    for name, value in template.function(function_id).environment.items():
+        assert environ.get(name) == value, (name, environ.get(name), value)
+    for name in template.function(function_id).own_variables:
+        assert environ.get(name), f"{name} is missing from {function_id}'s environment"
+    assert not template.variables_owned_elsewhere(function_id) & set(environ)
+    assert not [name for name in environ if name.startswith("LOCAL_")]

@@ -471,3 +471,19 @@ def test_a_legacy_document_is_served_and_converged_by_the_next_sync(world: World
     assert "uuid" not in document["passes"][0]
     assert document["passes"][0]["_id"] == "element-oid"
     assert document["__v"] == 0
+
+
+def test_opening_the_app_again_before_the_refresh_landed_queues_no_second_one(world: World) -> None:
+    world.service.check_with_ttl(USER, deadline=world.deadline())
+    world.clock.advance(3600)
+
+    first = world.service.check_with_ttl(USER, deadline=world.deadline())
+    world.clock.advance(30)
+    second = world.service.check_with_ttl(USER, deadline=world.deadline())
+    world.clock.advance(300)
+    third = world.service.check_with_ttl(USER, deadline=world.deadline())
+
+    assert [first.source, second.source, third.source] == ["refresh_queued"] * 3
+    assert (
+        world.queue.messages == [{"user_id": USER, "reason": "refresh"}] * 2
+    )  # the first and, 5 min on, the third

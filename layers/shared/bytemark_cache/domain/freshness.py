@@ -45,6 +45,10 @@ edits) shows within a day even for riders who never open it. The Node service di
 REVOKED_RECHECK_SECONDS: Final = 24 * 3600
 """A user whose token Bytemark refused is tried again after this long (the portal replaces tokens)."""
 
+REFRESH_QUEUED_SECONDS: Final = 5 * 60
+"""After a read queued a refresh, more reads of the same old cache queue none for this long: the refresh is
+on its way (seconds, normally), and each one would cost Bytemark a sync."""
+
 FAILED_SYNC_RETRY_SECONDS: Final = 15 * 60
 """A due user taken by the back-fill is held this long: its sync is queued; if it fails it is due again."""
 

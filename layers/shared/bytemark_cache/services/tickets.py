@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from bytemark_cache.domain.deadline import Deadline
 from bytemark_cache.domain.document import StoredCache, read_cache
-from bytemark_cache.domain.freshness import REVOKED_RECHECK_SECONDS, FreshnessPolicy
+from bytemark_cache.domain.freshness import REFRESH_QUEUED_SECONDS, REVOKED_RECHECK_SECONDS, FreshnessPolicy
 from bytemark_cache.domain.model import ACTIVE_FIELD, NEXT_SYNC_FIELD, SyncPlan, UpdateMessage, UpdateReason
 from bytemark_cache.domain.plan import apply_plan, plan_status, plan_sync, prepare_fresh
 from bytemark_cache.errors import (
@@ -294,6 +294,8 @@ class TicketCacheService:
         if self.queue is None:
             return False
         try:
+            if self.cache.throttle(f"refresh:{user_id}", self.clock.now(), REFRESH_QUEUED_SECONDS) > 0:
+                return True  # one is on its way: opening the app again does not queue another
             self.queue.enqueue([UpdateMessage(user_id=user_id, reason="refresh")])
         except BytemarkCacheError as exc:
             logger.warning(
