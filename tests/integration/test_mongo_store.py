@@ -129,8 +129,15 @@ def test_noop_and_one_change_send_one_small_update(
     mongo_cache_store.write(plan(mongo_cache_store, passes))
     size = len(str(stored(mongo_cache_store)))
 
-    # The write after a write that logged flushes those entries again first (idempotent): settle that.
-    monitored_cache_store.write(plan(monitored_cache_store, passes, now=T0 + 30))
+    # The write after a write that logged checks its last entry (a point read), and sends nothing again.
+    after_build = plan(monitored_cache_store, passes, now=T0 + 30)
+    command_recorder.clear()
+    monitored_cache_store.write(after_build)
+    assert [name for name, _, _ in command_recorder.named("find", "update", "insert", "delete")] == [
+        "find",
+        "update",
+        "delete",
+    ]
     command_recorder.clear()
     monitored_cache_store.write(plan(monitored_cache_store, passes, now=T0 + 60))
     noop = command_recorder.named("update", "insert", "delete")
@@ -263,11 +270,11 @@ def test_the_pending_log_survives_a_failure_between_the_document_and_the_log(
 
         failed = False
 
-        def _flush_log(self, entries: list[dict[str, Any]]) -> None:
+        def _flush_log(self, entries: list[dict[str, Any]], *, ordered: bool) -> None:
             if not self.failed and any(entry["uuid"] == "c" for entry in entries):
                 self.failed = True
                 raise StoreError("injected: the log insert failed")
-            super()._flush_log(entries)
+            super()._flush_log(entries, ordered=ordered)
 
     store = LogInsertFails(mongo_db, *collection_names)
     store.write(plan(store, [make_pass("a"), make_pass("b", day=2)]))

@@ -10,10 +10,11 @@ document, and an insert under a unique ``_id``. So:
 - only the holder of the revision's claim writes: a claim is a document inserted under the unique ``_id``
   ``claim:<user>:<revision>:<generation>``; a claim whose holder died is taken over by inserting the next
   generation, which is as atomic as the first claim;
-- change-log entries travel with the document in ``log_pending`` and are inserted under idempotent ids
-  afterwards; a failure between the two leaves them pending. The next write (under the next claim)
-  inserts them again first, idempotently, then replaces ``log_pending`` with its own entries: no write
-  ever happens outside a claim, so nothing races on FerretDB, and no entry is ever lost.
+- change-log entries travel with the document in ``log_pending`` and are inserted, in order, under
+  idempotent ids afterwards; a failure between the two leaves them pending. The next write (under the
+  next claim) checks the last of them (a point read) and only if it is missing inserts them again, then
+  replaces ``log_pending`` with its own entries: no write ever happens outside a claim, so nothing races
+  on FerretDB, and no entry is ever lost.
 """
 
 from __future__ import annotations
@@ -174,9 +175,9 @@ class MongoCacheStore:
     def write(self, plan: SyncPlan) -> None:
         """Flush what an earlier write left pending, then one guarded statement, then this write's log
         entries, then the claims of older revisions (see the module docstring)."""
-        if plan.carried_log:
+        if plan.carried_log and not self._logged(plan.carried_log[-1].entry_id):
             # Before the statement that drops them from the document: inserted again, idempotently.
-            self._flush_log([entry.to_document() for entry in plan.carried_log])
+            self._flush_log([entry.to_document() for entry in plan.carried_log], ordered=False)
         entries = [entry.to_document() for entry in plan.log]
         if plan.creates:
             document = apply_plan(None, plan)
@@ -197,7 +198,7 @@ class MongoCacheStore:
                     f"cache document of user {plan.user_id} changed since it was read"
                 )
         if entries:
-            self._flush_log(entries)
+            self._flush_log(entries, ordered=True)
         if plan.revision > 1:
             self._forget_claims(plan.user_id, plan.revision - 1)
 
@@ -270,10 +271,19 @@ class MongoCacheStore:
 
     # -- internals ---------------------------------------------------------------------------------
 
-    def _flush_log(self, entries: list[Document]) -> None:
-        """Insert the entries; ones already there (an earlier flush of the same write) are skipped."""
+    def _logged(self, entry_id: str) -> bool:
+        """True when the entry is in the log: a point read by ``_id``."""
+        with store_errors("change log check"):
+            return self._log.find_one({"_id": entry_id}, {"_id": 1}) is not None
+
+    def _flush_log(self, entries: list[Document], *, ordered: bool) -> None:
+        """Insert the entries; ones already there (an earlier flush of the same write) are skipped.
+
+        A write's own entries go in order, so when its last entry is in the log all of them are: the next
+        write then checks that one entry instead of sending them all again.
+        """
         try:
-            self._log.insert_many(entries, ordered=False)
+            self._log.insert_many(entries, ordered=ordered)
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors", [])
             if any(error.get("code") != DUPLICATE_KEY for error in errors) or exc.details.get(
