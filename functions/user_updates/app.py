@@ -163,8 +163,16 @@ def lambda_handler(
     now = resolved.tickets.now()
     deadline = Deadline.after(now, context.get_remaining_time_in_millis() / 1000 - SAFETY_MARGIN_SECONDS)
     requests_before = int(getattr(resolved.source, "requests_sent", 0))
+    # A record without a message id can be neither synced nor reported (SQS never sends one): set aside.
+    addressable = [
+        r for r in records if isinstance(r, dict) and isinstance(r.get("messageId"), str) and r["messageId"]
+    ]
+    if len(addressable) < len(records):
+        logger.error("records without a message id ignored", ignored=len(records) - len(addressable))
+    if not addressable:
+        return {"batchItemFailures": []}  # Powertools refuses an empty batch
     response = process_partial_response(
-        event=event,
+        event={**event, "Records": addressable},
         record_handler=lambda record: sync_record(record, resolved, deadline),
         processor=processor,
         context=context,

@@ -527,7 +527,8 @@ def test_plan_status_changes_one_status_and_nothing_else(
     assert after.keys() == firsts.keys()
     for other, item in firsts.items():
         element = normalise_element(item, NOW)[0]
-        assert after[other] == ({**element, "status": status} if other == uuid else element)
+        marked = {**element, "status": status, "status_marked_at": NOW}
+        assert after[other] == (marked if other == uuid else element)
     assert _malformed(applied[CURRENT]) == _malformed(document[CURRENT])
     assert applied.get(HISTORY, MISSING) == document.get(HISTORY, MISSING)
     assert applied["timestamp"] == document["timestamp"]

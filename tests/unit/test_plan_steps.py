@@ -26,6 +26,7 @@ from bytemark_cache.domain.model import (
 )
 from bytemark_cache.domain.passes import wrap_pass
 from bytemark_cache.domain.plan import (
+    UNCONFIRMED_MARK_SECONDS,
     Decision,
     apply_plan,
     bound,
@@ -574,9 +575,11 @@ def big_pass(uuid: str, day: int, status: str = "EXPIRED", size: int = BLOB) -> 
     return make_pass(uuid, day, status, blob="x" * size)
 
 
-def _plan(document: CacheDocument | None, current: list[Pass], expired: list[Pass], limit: int = 500) -> Any:
+def _plan(
+    document: CacheDocument | None, current: list[Pass], expired: list[Pass], limit: int = 500, now: int = NOW
+) -> Any:
     fresh = prepare_fresh(fetch(current, expired))
-    return plan_sync(USER, stored_of(document, NOW), fresh, NOW, history_limit=limit, write_id="w")
+    return plan_sync(USER, stored_of(document, now), fresh, now, history_limit=limit, write_id="w")
 
 
 def _item_size(index: int, value: Any) -> int:
@@ -689,7 +692,7 @@ def test_plan_status_sets_only_the_status_in_place_and_logs_nothing() -> None:
     assert stored is not None
     plan = plan_status(stored, "b", "USING", write_id="w", now=NOW)
     assert plan is not None
-    assert plan.passes.updated == [(1, {"status": "USING"})]
+    assert plan.passes.updated == [(1, {"status": "USING", "status_marked_at": NOW})]
     assert not plan.passes.rewrite
     assert not plan.history.changed
     assert plan.log == []
@@ -697,7 +700,7 @@ def test_plan_status_sets_only_the_status_in_place_and_logs_nothing() -> None:
     assert plan.revision == 2
     assert plan.guard == stored.guard
     applied = apply_plan(old, plan)
-    assert applied["passes"][1] == {**old["passes"][1], "status": "USING"}
+    assert applied["passes"][1] == {**old["passes"][1], "status": "USING", "status_marked_at": NOW}
     assert applied["passes"][0] is old["passes"][0]
     assert applied["passes4"] == old["passes4"]
     assert applied["timestamp"] == T0
@@ -713,8 +716,12 @@ def test_plan_status_of_a_node_element_without_payload_hash() -> None:
     plan = plan_status(stored, "b", "USING", write_id="w", now=NOW)
     assert plan is not None
     assert not plan.passes.rewrite
-    assert plan.passes.updated == [(1, {"status": "USING"})]
-    assert apply_plan(old, plan)["passes"][1] == {**old["passes"][1], "status": "USING"}
+    assert plan.passes.updated == [(1, {"status": "USING", "status_marked_at": NOW})]
+    assert apply_plan(old, plan)["passes"][1] == {
+        **old["passes"][1],
+        "status": "USING",
+        "status_marked_at": NOW,
+    }
 
 
 def test_plan_status_none_for_a_pass_not_current() -> None:
@@ -749,7 +756,7 @@ def test_plan_status_converges_a_legacy_array_by_a_rewrite() -> None:
     plan = plan_status(stored, "b", "USING", write_id="w", now=NOW)
     assert plan is not None
     assert plan.passes.rewrite
-    assert plan.passes.final == [element(a), element(b, status="USING")]
+    assert plan.passes.final == [element(a), {**element(b, status="USING"), "status_marked_at": NOW}]
     assert plan.log == []
 
 
@@ -851,3 +858,34 @@ def test_fit_document_counts_the_pending_log_and_keeps_malformed_history() -> No
     assert "a malformed element" in plan.history.final
     logged = {entry.uuid for entry in plan.log if entry.list == "passes4"}
     assert logged == {element_uuid(element) for element in plan.history.final if isinstance(element, dict)}
+
+
+def test_a_local_status_bytemark_never_confirmed_is_restored_after_the_grace() -> None:
+    old = build([make_pass("a", 1)])
+    marked = plan_status(stored_of(old, NOW), "a", "USING", write_id="m", now=NOW)  # type: ignore[arg-type]
+    assert marked is not None
+    after_mark = apply_plan(old, marked)
+    fresh = fetch([make_pass("a", 1)])  # Bytemark still says USABLE, same hash
+
+    soon = _plan(after_mark, fresh.current, [], now=NOW + UNCONFIRMED_MARK_SECONDS - 1)
+    later = _plan(after_mark, fresh.current, [], now=NOW + UNCONFIRMED_MARK_SECONDS)
+
+    assert apply_plan(after_mark, soon)["passes"][0]["status"] == "USING"  # still waiting for Bytemark
+    restored = apply_plan(after_mark, later)["passes"][0]
+    assert (restored["status"], restored["status_marked_at"]) == ("USABLE", None)
+    assert later.passes.updated == [(0, {"status": "USABLE", "status_marked_at": None})]
+    assert later.log == []  # Bytemark did not change: nothing to log
+
+
+def test_bytemarks_own_change_replaces_a_local_status_at_once() -> None:
+    old = build([make_pass("a", 1)])
+    marked = plan_status(stored_of(old, NOW), "a", "USING", write_id="m", now=NOW)  # type: ignore[arg-type]
+    assert marked is not None
+    after_mark = apply_plan(old, marked)
+    confirmed = make_pass("a", 1, "USING", first_use="2024-06-15T15:00:00Z")
+
+    plan = _plan(after_mark, [confirmed], [], now=NOW + 60)
+
+    element_after = apply_plan(after_mark, plan)["passes"][0]
+    assert (element_after["status"], element_after["status_marked_at"]) == ("USING", None)
+    assert [entry.action for entry in plan.log] == ["updated"]

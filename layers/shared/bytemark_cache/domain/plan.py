@@ -27,7 +27,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from bytemark_cache.domain.bounds import (
     HISTORY_TRIM_RATIO,
@@ -167,7 +167,14 @@ def match(stored: object, fresh: Sequence[Pass], now: float) -> Matching:
 
 # -- 2. decide -----------------------------------------------------------------------------------
 
-Kind = Literal["keep", "update", "remove", "new", "verbatim", "drop", "trim"]
+Kind = Literal["keep", "update", "restore", "remove", "new", "verbatim", "drop", "trim"]
+
+MARKED_AT: Final = "status_marked_at"
+"""Element field: when a status was shown locally (an activation in the app) before Bytemark said so."""
+
+UNCONFIRMED_MARK_SECONDS: Final = 15 * 60
+"""Bytemark applies an activation within seconds; a local status it has still not confirmed after this long
+was refused there, and the element shows Bytemark's status again (``restore``, not logged)."""
 
 
 @dataclass(frozen=True)
@@ -184,7 +191,7 @@ class Decision:
     @property
     def kept(self) -> bool:
         """True when the element is in the resulting array."""
-        return self.kind in ("keep", "update", "new", "verbatim")
+        return self.kind in ("keep", "update", "restore", "new", "verbatim")
 
 
 def decide(
@@ -202,7 +209,7 @@ def decide(
             fresh_hash = hashes[slot.uuid]
             previous = slot.element.get("payload_hash")
             if previous == fresh_hash:
-                decisions.append(Decision("keep", slot.element, slot.index, previous, slot.legacy))
+                decisions.append(_keep_or_restore(slot, pass_, now, previous))
             else:
                 changed = {
                     **slot.element,
@@ -211,6 +218,8 @@ def decide(
                     "payload_hash": fresh_hash,
                     "timestamp": now,
                 }
+                if MARKED_AT in changed:
+                    changed[MARKED_AT] = None  # Bytemark's word replaces the local status
                 decisions.append(Decision("update", changed, slot.index, previous, slot.legacy))
         elif keep_absent(slot.uuid):
             decisions.append(Decision("keep", slot.element, slot.index, None, slot.legacy))
@@ -221,6 +230,18 @@ def decide(
         Decision("new", wrap_pass(pass_, now, hashes[pass_["uuid"]]), None) for pass_ in matching.new
     )
     return decisions
+
+
+def _keep_or_restore(slot: Slot, pass_: Pass, now: int, previous: object) -> Decision:
+    """An unchanged pass keeps its element, unless a local status Bytemark never confirmed has expired."""
+    element = slot.element
+    assert element is not None
+    marked_at = element.get(MARKED_AT)
+    unconfirmed = element.get("status") != pass_["status"]
+    if isinstance(marked_at, int) and unconfirmed and now - marked_at >= UNCONFIRMED_MARK_SECONDS:
+        restored = {**element, "status": pass_["status"], MARKED_AT: None}
+        return Decision("restore", restored, slot.index, previous, slot.legacy)
+    return Decision("keep", element, slot.index, previous, slot.legacy)
 
 
 # -- 3. bound ------------------------------------------------------------------------------------
@@ -269,11 +290,12 @@ def order(name: ListName, decisions: Sequence[Decision], matching: Matching) -> 
         ]
         dated = sorted((d.element for d in decisions if d.kept and d.kind != "verbatim"), key=element_key)
         return ListChanges(name=name, final=verbatim + dated, rewrite=True, stored_length=len(matching.slots))
+    written = {"update": (*MUTABLE_ELEMENT_FIELDS, MARKED_AT), "restore": ("status", MARKED_AT)}
     updated = [
         # ``if field in``: a status-only change (plan_status) of a Node element that has no payload_hash.
-        (d.index, {field: d.element[field] for field in MUTABLE_ELEMENT_FIELDS if field in d.element})
+        (d.index, {field: d.element[field] for field in written[d.kind] if field in d.element})
         for d in decisions
-        if d.kind == "update" and d.index is not None
+        if d.kind in written and d.index is not None
     ]
     return ListChanges(
         name=name, final=in_place, updated=updated, appended=new, stored_length=len(matching.slots)
@@ -403,13 +425,15 @@ def plan_status(
             and decision.kind == "keep"
         ):
             found = True
-            decision = replace(decision, kind="update", element={**decision.element, "status": status})
+            marked = {**decision.element, "status": status, MARKED_AT: int(now)}
+            decision = replace(decision, kind="update", element=marked)
         decisions.append(decision)
     if not found:
         return None
     changes = order(CURRENT, decisions, matching)
     if not changes.rewrite:
-        changes = replace(changes, updated=[(index, {"status": status}) for index, _ in changes.updated])
+        mark = {"status": status, MARKED_AT: int(now)}
+        changes = replace(changes, updated=[(index, mark) for index, _ in changes.updated])
     return SyncPlan(
         user_id=stored.user_id,
         guard=stored.guard,

@@ -134,15 +134,14 @@ class TicketCacheService:
     # -- syncs -------------------------------------------------------------------------------------
 
     def sync(self, user_id: int, *, deadline: Deadline, reason: UpdateReason = "manual") -> CheckResult:
-        """Synchronise now (building a missing cache); any failure is raised and nothing is written."""
+        """Synchronise now (building a missing cache); any failure is raised and nothing is written.
+
+        It never shares a concurrent sync's result: that sync may have fetched before the purchase this
+        message announces. It waits for it to finish (no two fetches at once), then fetches itself.
+        """
         stored = self._load(user_id)
         return self._refresh(
-            user_id,
-            stored,
-            deadline=deadline,
-            reason=reason,
-            fresh_enough=_synced_after(stored),
-            serve_stale=False,
+            user_id, stored, deadline=deadline, reason=reason, fresh_enough=_never_shared, serve_stale=False
         )
 
     def mark_activation(self, user_id: int, pass_uuid: str, *, deadline: Deadline) -> bool:
@@ -182,15 +181,20 @@ class TicketCacheService:
         """Sync under the claim of the revision read (single flight across threads and Lambda instances).
 
         A caller that finds the claim taken waits for that sync and shares its result (``fresh_enough``
-        says whether a document read now is that result); when the wait ends first it serves the cache as
-        it is, or raises SyncInProgress when there is none.
+        says whether a document read now is that result); when the wait ends first, a read serves the cache
+        as it is and a sync (``serve_stale`` False: the queue's) raises SyncInProgress, so its message comes
+        back later instead of being acknowledged unsynced.
         """
+        if stored is None and not self.tokens.token_for(user_id):
+            raise NoBytemarkAccount(
+                user_id
+            )  # before claiming: a rider without an account leaves nothing behind
         owner = uuid.uuid4().hex
         revision = stored.revision if stored is not None else 0
         wait_until = deadline.earlier(Deadline.after(self.clock.now(), self.wait_seconds))
         while not self.cache.claim(user_id, revision, owner, self.clock.now(), self._claim_ttl(deadline)):
             if wait_until.expired(self.clock.now()):
-                if stored is not None:
+                if stored is not None and serve_stale:
                     return CheckResult(user_id, stored, "cache")
                 raise SyncInProgress(f"a sync of user {user_id} is in progress")
             self.clock.sleep(CLAIM_POLL_SECONDS)
@@ -332,6 +336,10 @@ def _write_id() -> str:
 
 def _exists(_current: StoredCache) -> bool:
     return True
+
+
+def _never_shared(_current: StoredCache) -> bool:
+    return False
 
 
 def _synced_after(seen: StoredCache | None) -> Callable[[StoredCache], bool]:
