@@ -1,4 +1,4 @@
-"""Contract tests of the Bytemark simulator (contract §2) over real HTTP: paging, envelope variants, auth, data,
+"""Contract tests of the Bytemark simulator (contract §2) over HTTP: paging, envelope variants, auth, data,
 admin, faults. The hostile faults (bombs, drips, huge answers …) are in test_bytemark_simulator_hostile.py.
 """
 
@@ -83,7 +83,7 @@ def get(
 def walk(
     http: requests.Session, sim: SimulatorServer, base: str, per_page: int, token: str = TOKEN
 ) -> list[Any]:
-    """Follow every page of one list, checking the contract §2 paging invariants on each; returns the passes."""
+    """Follow every page of one list, checking contract §2 paging on each; returns the passes."""
     passes: list[Any] = []
     page = 1
     while True:
@@ -502,7 +502,7 @@ def test_same_seed_gives_the_same_passes_on_another_server() -> None:
 
 
 def test_generated_passes_carry_the_full_field_set(sim: SimulatorServer, http: requests.Session) -> None:
-    """Passes carry the contract's fields, ~60 fields in all, ISO stamps in both styles, floats and non-ASCII."""
+    """Passes carry the contract's fields, ~60 in all, ISO stamps in both styles, floats and non-ASCII."""
     sim.admin.seed_user(42, TOKEN, current=30, expired=30)
     response = get(http, sim, "/passes?per_page=50&page=1")
     history = get(http, sim, "/v4.0/passes?status=EXPIRED&per_page=50&page=1")
@@ -577,7 +577,7 @@ def test_server_time_follows_the_settable_clock(sim: SimulatorServer, http: requ
 def test_activating_a_day_pass_expires_it_at_the_end_of_the_chicago_day(
     sim: SimulatorServer, http: requests.Session, first_use: str, expected_expiration: str
 ) -> None:
-    """activate() sets USING, first_use, the end of the local day (contract §6 examples), a new time_modified."""
+    """activate() sets USING, first_use, the end of the local day (contract §6), a new time_modified."""
     sim.admin.seed_user(42, TOKEN, current=0, expired=0)
     sim.admin.set_time("2024-03-01T00:00:00Z")
     bought = sim.admin.purchase(42, "Local Day Pass")

@@ -268,7 +268,6 @@ def assert_nothing_lost(run: Run) -> None:
     assert response["statusCode"] == 200, response
 
 
-
 def test_ferretdb_killed_mid_flight_loses_nothing(run: Run, servers: Servers) -> None:
     outage(run, servers.ferretdb, "ferretdb")
 

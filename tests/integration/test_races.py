@@ -241,7 +241,6 @@ def test_processes_race_on_a_handful_of_riders(
     print(f"caches already equal to Bytemark before the final sync: {matched_before_final_sync}/{len(USERS)}")
 
 
-
 def test_a_purchase_message_never_shares_an_older_fetch(
     race_env: dict[str, str], mongo_db: MongoDatabase, simulator: SimulatorServer
 ) -> None:
