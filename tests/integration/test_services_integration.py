@@ -428,3 +428,48 @@ def test_backfill_resumes_from_its_cursor_without_skips_or_repeats(
     assert enqueued == expected
     assert runs > 1
     assert {body["reason"] for body in bodies} == {"backfill"}
+
+
+def drain(sqs_client: Any, queue_url: str) -> list[dict[str, Any]]:
+    """Every message body on the queue (deleted as read)."""
+    bodies: list[dict[str, Any]] = []
+    while messages := sqs_client.receive_message(
+        QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
+    ).get("Messages", []):
+        bodies.extend(json.loads(message["Body"]) for message in messages)
+        sqs_client.delete_message_batch(
+            QueueUrl=queue_url,
+            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
+        )
+    return bodies
+
+
+def test_due_enqueues_exactly_the_due_users_of_a_seeded_collection(
+    stack: Stack, sqs_client: Any, update_queue: QueuePair
+) -> None:
+    now = int(stack.clock.now())
+    cache = stack.database[stack.settings.cache_collection]
+    cache.insert_many(
+        [
+            {"user_id": 2001, "timestamp": now - 9000, "passes": [], "next_sync_at": now - 1},  # due
+            {"user_id": 2002, "timestamp": now - 60, "passes": [], "next_sync_at": now + 3600},  # not yet
+            {"user_id": 2003, "timestamp": now - 9000, "passes": [], "next_sync_at": now},  # due exactly now
+            {"user_id": "2004", "timestamp": now - 9000, "passes": []},  # a Node document: due
+            {"user_id": 2005, "timestamp": now - 60, "passes": [], "next_sync_at": now + 1},  # not yet
+            *(
+                {"user_id": 3000 + n, "timestamp": now, "passes": [], "next_sync_at": now - n}
+                for n in range(1, 26)
+            ),
+        ]
+    )
+    assert stack.services.backfill is not None
+
+    first = stack.services.backfill.scan("due", page_size=7)
+    again = stack.services.backfill.scan("due", page_size=7)
+
+    bodies = drain(sqs_client, update_queue.url)
+    assert sorted(body["user_id"] for body in bodies) == sorted(
+        [2001, 2003, 2004, *(3000 + n for n in range(1, 26))]
+    )
+    assert {body["reason"] for body in bodies} == {"backfill"}
+    assert (first.enqueued, again.enqueued) == (28, 0)  # the taken users are held until their syncs land
