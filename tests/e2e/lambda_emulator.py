@@ -592,10 +592,10 @@ class Accounts:
         return account
 
     def new_riding(self, *, unused: int = 1, expired: int = 1) -> Account:
-        """A user riding on a 7-day pass activated just now (in use for a week) and holding ``unused``
-        never activated passes: an old cache of theirs is synced before the read is answered."""
+        """A user riding on a single ride activated just now (a ride ticket in use for 90 minutes) and holding
+        ``unused`` never activated passes: an old cache of theirs is synced before the read is answered."""
         account = self.new_idle(unused=unused, expired=expired)
-        riding = self._simulator.admin.purchase(account.user_id, "Regional 7-Day Pass")
+        riding = self._simulator.admin.purchase(account.user_id, "Local Single Ride")
         self._simulator.admin.activate(account.user_id, riding["uuid"])
         return account
 

@@ -11,6 +11,7 @@ from bytemark_cache.domain.freshness import (
     ACTIVE_INTERVAL_SECONDS,
     ACTIVE_WINDOW_SECONDS,
     DORMANT_FLOOR_SECONDS,
+    RIDE_TICKET_VALIDITY_SECONDS,
     RIDING_INTERVAL_SECONDS,
     TRANSITION_GRACE_SECONDS,
     FreshnessPolicy,
@@ -39,8 +40,15 @@ def usable(expiration: str | None = None) -> dict[str, Any]:
 
 
 def riding(expiration: str | None = None) -> dict[str, Any]:
-    """A USABLE pass with a first use: effectively USING."""
+    """A USABLE single ride with a first use: effectively USING, a ride ticket (no end, or a short one)."""
     return element(first_use="2024-06-15T14:00:00Z", expiration=expiration)
+
+
+def period_pass(first_use: str = "2024-06-15T14:00:00Z", days: int = 7) -> dict[str, Any]:
+    """A 7-day pass in use: rides consume nothing until it expires."""
+    end = datetime.fromisoformat(first_use.replace("Z", "+00:00")).timestamp() + days * 86400
+    expiration = datetime.fromtimestamp(end, UTC).isoformat().replace("+00:00", "Z")
+    return element(label_name="Regional 7-Day Pass", first_use=first_use, expiration=expiration)
 
 
 def day_pass(first_use: str, status: str = "USABLE") -> dict[str, Any]:
@@ -50,9 +58,10 @@ def day_pass(first_use: str, status: str = "USABLE") -> dict[str, Any]:
 def test_the_constants_are_the_documented_ones() -> None:
     assert TRANSITION_GRACE_SECONDS == 120
     assert RIDING_INTERVAL_SECONDS == 30 * 60
+    assert RIDE_TICKET_VALIDITY_SECONDS == 6 * 3600
     assert ACTIVE_WINDOW_SECONDS == 24 * 3600
-    assert ACTIVE_INTERVAL_SECONDS == 4 * 3600
-    assert DORMANT_FLOOR_SECONDS == 24 * 3600
+    assert ACTIVE_INTERVAL_SECONDS == 24 * 3600
+    assert DORMANT_FLOOR_SECONDS == 48 * 3600
 
 
 # --- next_sync_at ---------------------------------------------------------------------------------
@@ -105,9 +114,37 @@ def test_an_unreadable_expiration_is_ignored() -> None:
     assert POLICY.next_sync_at([usable("soon")], now=NOW, active_at=None) == NOW + DORMANT_FLOOR_SECONDS
 
 
-def test_a_pass_in_use_is_synced_every_riding_interval() -> None:
-    passes = [riding(expiration="2024-06-16T15:00:00Z")]
+def test_a_ride_ticket_in_use_is_synced_every_riding_interval() -> None:
+    # First used 14:00, valid 90 minutes: its uses go at the validators.
+    passes = [riding(expiration="2024-06-15T15:30:00Z")]
     assert POLICY.next_sync_at(passes, now=NOW, active_at=None) == NOW + RIDING_INTERVAL_SECONDS
+    # No end known counts as a ride ticket too: it may be consumed.
+    assert POLICY.next_sync_at([riding()], now=NOW, active_at=None) == NOW + RIDING_INTERVAL_SECONDS
+
+
+def test_a_period_pass_in_use_is_synced_at_its_expiration_not_every_riding_interval() -> None:
+    passes = [period_pass()]  # expires 2024-06-22T14:00Z
+    assert POLICY.next_sync_at(passes, now=NOW, active_at=None) == NOW + DORMANT_FLOOR_SECONDS
+    late = at("2024-06-22T13:00:00")
+    assert POLICY.next_sync_at(passes, now=late, active_at=None) == at("2024-06-22T14:00:00") + 120
+
+
+def test_a_day_pass_in_use_is_no_ride_ticket() -> None:
+    # Its end of day (04:59:59Z) comes first; no half-hourly syncs until then.
+    passes = [day_pass("2024-06-15T14:00:00Z")]
+    assert POLICY.next_sync_at(passes, now=NOW, active_at=None) == at("2024-06-16T04:59:59") + 120
+
+
+@pytest.mark.parametrize(
+    ("expiration", "ride_ticket"),
+    [("2024-06-15T20:00:00Z", True), ("2024-06-15T20:00:01Z", False)],  # 6 h after first use, and 1 s more
+)
+def test_the_ride_ticket_validity_boundary(expiration: str, ride_ticket: bool) -> None:
+    passes = [riding(expiration=expiration)]
+    expected = NOW + RIDING_INTERVAL_SECONDS if ride_ticket else at(expiration.removesuffix("Z")) + 120
+    assert POLICY.next_sync_at(passes, now=NOW, active_at=None) == expected
+    action = POLICY.read_action(passes, synced_at=NOW - 3600, now=NOW)
+    assert action == ("sync_inline" if ride_ticket else "refresh_behind")
 
 
 def test_a_local_activation_counts_as_in_use() -> None:
@@ -121,13 +158,15 @@ def test_a_pass_in_use_expiring_before_the_riding_interval_syncs_at_its_expirati
 
 
 def test_a_day_pass_is_synced_after_the_end_of_its_local_day() -> None:
-    # First used 10:00 CDT on June 15; it ends 23:59:59 CDT = 04:59:59Z on June 16. Late in the evening
-    # (23:45 CDT) the end of the day comes before the riding interval.
-    late = at("2024-06-16T04:45:00")
+    # First used 10:00 CDT on June 15; it ends 23:59:59 CDT = 04:59:59Z on June 16.
     passes = [day_pass("2024-06-15T15:00:00Z")]
-    assert POLICY.next_sync_at(passes, now=late, active_at=None) == at("2024-06-16T04:59:59") + 120
-    # During the day the riding interval is the earlier one.
-    assert POLICY.next_sync_at(passes, now=NOW, active_at=None) == NOW + RIDING_INTERVAL_SECONDS
+    for now in (NOW, at("2024-06-16T04:45:00")):
+        assert POLICY.next_sync_at(passes, now=now, active_at=None) == at("2024-06-16T04:59:59") + 120
+
+
+def test_a_7_day_pass_is_no_day_pass() -> None:
+    # "Day Pass" is inside "Regional 7-Day Pass" only as the tail of a count: it is valid seven days.
+    assert POLICY.next_transition([period_pass()], NOW) == at("2024-06-22T14:00:00")
 
 
 @pytest.mark.parametrize(
@@ -178,7 +217,7 @@ def test_the_activity_window_ends_after_exactly_a_day() -> None:
 def test_the_minimum_of_every_rule_applies() -> None:
     expiring = usable("2024-06-15T17:00:00Z")  # +2 h: before the active interval
     assert POLICY.next_sync_at([expiring], now=NOW, active_at=NOW) == at("2024-06-15T17:00:00") + 120
-    later = usable("2024-06-15T21:00:00Z")  # +6 h: after the active interval
+    later = usable("2024-06-16T21:00:00Z")  # +30 h: after the active interval
     assert POLICY.next_sync_at([later], now=NOW, active_at=NOW) == NOW + ACTIVE_INTERVAL_SECONDS
     assert POLICY.next_sync_at([later, riding()], now=NOW, active_at=NOW) == NOW + RIDING_INTERVAL_SECONDS
     far = usable("2024-06-20T00:00:00Z")
@@ -217,39 +256,33 @@ def test_a_stale_cache_without_a_reason_is_refreshed_behind_the_rider() -> None:
     assert POLICY.read_action(passes, synced_at=NOW - 3600, now=NOW) == "refresh_behind"
 
 
-def test_a_transition_since_the_sync_syncs_first() -> None:
+def test_a_transition_since_the_sync_is_refreshed_behind_the_rider() -> None:
+    # The clock alone shows the pass EXPIRED (effective_status); the queued refresh moves it to the history.
     synced = NOW - 3600
-    assert POLICY.read_action([usable("2024-06-15T14:30:00Z")], synced_at=synced, now=NOW) == "sync_inline"
-    # Exactly now counts; one second ahead does not.
-    assert POLICY.read_action([usable("2024-06-15T15:00:00Z")], synced_at=synced, now=NOW) == "sync_inline"
-    assert POLICY.read_action([usable("2024-06-15T15:00:01Z")], synced_at=synced, now=NOW) == "refresh_behind"
-
-
-def test_a_transition_before_the_sync_is_already_in_the_cache() -> None:
-    before = usable("2024-06-15T13:00:00Z")
-    assert POLICY.read_action([before], synced_at=NOW - 3600, now=NOW) == "refresh_behind"
-
-
-def test_a_transition_exactly_at_the_sync_is_already_in_the_cache() -> None:
-    synced = NOW - 3600
-    at_sync = usable(datetime.fromtimestamp(synced, UTC).isoformat().replace("+00:00", "Z"))
-    assert POLICY.read_action([at_sync], synced_at=synced, now=NOW) == "refresh_behind"
-
-
-def test_a_day_pass_that_ended_since_the_sync_syncs_first() -> None:
-    passes = [day_pass("2024-06-15T15:00:00Z", status="USES_GONE")]  # ends 04:59:59Z on June 16
-    assert POLICY.read_action(passes, synced_at=at("2024-06-16T04:00:00"), now=at("2024-06-16T05:00:00")) == (
-        "sync_inline"
-    )
-    assert POLICY.read_action(passes, synced_at=at("2024-06-16T04:00:00"), now=at("2024-06-16T04:59:00")) == (
-        "refresh_behind"
+    for expiration in ("2024-06-15T14:30:00Z", "2024-06-15T15:00:00Z", "2024-06-15T15:00:01Z"):
+        assert POLICY.read_action([usable(expiration)], synced_at=synced, now=NOW) == "refresh_behind"
+    ended_day_pass = [day_pass("2024-06-15T15:00:00Z", status="USES_GONE")]  # ends 04:59:59Z on June 16
+    assert (
+        POLICY.read_action(ended_day_pass, synced_at=at("2024-06-16T04:00:00"), now=at("2024-06-16T05:00:00"))
+        == "refresh_behind"
     )
 
 
-def test_a_pass_in_use_syncs_first() -> None:
+def test_a_ride_ticket_in_use_syncs_first() -> None:
     assert POLICY.read_action([riding()], synced_at=NOW - 3600, now=NOW) == "sync_inline"
-    activated = {**usable(), "status": "USING"}
+    activated = {**usable(), "status": "USING"}  # a local activation, not yet confirmed: no first use
     assert POLICY.read_action([activated], synced_at=NOW - 3600, now=NOW) == "sync_inline"
+
+
+def test_a_period_or_day_pass_in_use_is_refreshed_behind_the_rider() -> None:
+    for in_use in (period_pass(), day_pass("2024-06-15T14:00:00Z")):
+        assert POLICY.read_action([in_use], synced_at=NOW - 3600, now=NOW) == "refresh_behind"
+
+
+def test_a_ride_ticket_no_longer_in_use_is_refreshed_behind_the_rider() -> None:
+    used_up = element(first_use="2024-06-15T14:00:00Z", status="USES_GONE")
+    expired = riding(expiration="2024-06-15T14:30:00Z")
+    assert POLICY.read_action([used_up, expired], synced_at=NOW - 3600, now=NOW) == "refresh_behind"
 
 
 def test_read_action_takes_any_iterable_once() -> None:

@@ -172,6 +172,17 @@ def test_prepare_fresh_refuses_a_pass_mongodb_cannot_store(extra: dict[str, Any]
         assert not raised.value.transient
 
 
+def test_prepare_fresh_checks_only_payloads_not_already_stored() -> None:
+    # A payload stored under the same uuid and hash was storable when written: not walked again. The
+    # pass here could not be stored, so a skipped check is visible as no refusal.
+    unstorable = {"uuid": "p", "status": "USABLE", "bad.key": 1}
+    stored_hash = payload_hash(unstorable)
+    assert prepare_fresh(FetchedPasses([unstorable], []), {"p": stored_hash}).hashes == {"p": stored_hash}
+    for stored_hashes in ({"p": "0" * 32}, {"other": stored_hash}, None):
+        with pytest.raises(UpstreamError, match="'p' cannot be stored"):
+            prepare_fresh(FetchedPasses([unstorable], []), stored_hashes)
+
+
 def test_prepare_fresh_does_not_check_a_copy_that_is_not_kept() -> None:
     # The v1 copy of a uuid in v4 is never stored, so what it holds cannot refuse the answer.
     unstorable_v1_copy = {"uuid": "p", "status": "USING", "bad.key": 1}

@@ -10,6 +10,7 @@ import pytest
 
 from bytemark_cache.adapters.clock import SystemClock
 from bytemark_cache.domain.deadline import Deadline
+from bytemark_cache.domain.expiry import effective_status
 from bytemark_cache.domain.freshness import REVOKED_RECHECK_SECONDS, FreshnessPolicy
 from bytemark_cache.domain.model import NEXT_SYNC_FIELD, PENDING_LOG_FIELD, REVISION_FIELD
 from bytemark_cache.errors import (
@@ -150,10 +151,14 @@ def test_cache_at_ttl_without_refresh_behind_is_synced_first(world: World) -> No
     assert world.document["timestamp"] == int(world.clock.now())
 
 
-def test_a_pass_in_use_makes_an_old_cache_sync_before_answering(world: World) -> None:
-    world.source.set_passes(
-        TOKEN, [make_pass("a", first_use="2024-06-15T04:00:00Z", expiration="2024-06-22T04:00:00Z")]
-    )
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+def test_a_ride_ticket_in_use_makes_an_old_cache_sync_before_answering(world: World) -> None:
+    # A single ride first used 10 minutes ago, valid 90: a validator may have taken its use since.
+    now = world.clock.now()
+    world.source.set_passes(TOKEN, [make_pass("a", first_use=_iso(now - 600), expiration=_iso(now + 4800))])
     world.service.check_with_ttl(USER, deadline=world.deadline())
     world.clock.advance(3600)
 
@@ -163,14 +168,18 @@ def test_a_pass_in_use_makes_an_old_cache_sync_before_answering(world: World) ->
     assert world.queue.messages == []
 
 
-def test_a_transition_since_the_sync_makes_an_old_cache_sync_before_answering(world: World) -> None:
-    # The pass expires 30 minutes after the build: Bytemark has changed it since the cache was written.
-    expiration = datetime.fromtimestamp(world.clock.now() + 1800, UTC).isoformat().replace("+00:00", "Z")
-    world.source.set_passes(TOKEN, [make_pass("a", expiration=expiration)])
+def test_a_transition_since_the_sync_is_shown_at_once_and_refreshed_behind(world: World) -> None:
+    # The pass expired 30 minutes after the build: the clock shows it EXPIRED; the refresh moves it.
+    world.source.set_passes(TOKEN, [make_pass("a", expiration=_iso(world.clock.now() + 1800))])
     world.service.check_with_ttl(USER, deadline=world.deadline())
     world.clock.advance(3600)
 
-    assert world.service.check_with_ttl(USER, deadline=world.deadline()).source == "synced"
+    result = world.service.check_with_ttl(USER, deadline=world.deadline())
+
+    assert result.source == "refresh_queued"
+    shown_at = datetime.fromtimestamp(world.clock.now(), UTC)
+    assert [effective_status(element, shown_at) for element in result.cache.passes] == ["EXPIRED"]
+    assert len(world.queue.messages) == 1
 
 
 def test_an_unavailable_queue_makes_the_read_sync_itself(world: World) -> None:

@@ -73,6 +73,14 @@ class StoredCache:
         """Seconds since the last sync (None when unknown); never negative."""
         return None if self.synced_at is None else max(0, int(now) - self.synced_at)
 
+    def payload_hashes(self) -> dict[str, str]:
+        """Pass uuid → the payload hash stored for it, over both arrays (the planner's "already stored")."""
+        return {
+            element["pass_uuid"]: element["payload_hash"]
+            for element in (*self.passes, *self.history)
+            if isinstance(element.get("payload_hash"), str)
+        }
+
     @property
     def guard(self) -> WriteGuard:
         """The state a write computed from this document must still find (see ``WriteGuard``)."""

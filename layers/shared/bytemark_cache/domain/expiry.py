@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, time
 from typing import Any
@@ -37,11 +39,21 @@ def day_pass_expiration(first_use: datetime | str, tz: str = DEFAULT_TIMEZONE) -
 
 
 def is_day_pass(pass_: Mapping[str, Any], label: str = DEFAULT_DAY_PASS_LABEL) -> bool:
-    """True when ``label_name`` contains ``label``, ignoring case; an empty label matches nothing."""
+    """True when ``label_name`` holds ``label`` as a phrase, ignoring case; an empty label matches nothing.
+
+    A phrase: not inside a longer word, and not the tail of a hyphenated count, so "Day Pass" matches
+    "Local Day Pass (Adult)" but neither "Holiday Pass" nor "Regional 7-Day Pass" (valid seven days, not
+    until midnight). An agency that sells "1-Day Pass" sets the label to that.
+    """
     name = pass_.get("label_name")
     if not isinstance(name, str) or not label:
         return False
-    return label.casefold() in name.casefold()
+    return _label_pattern(label).search(name) is not None
+
+
+@functools.lru_cache(maxsize=8)
+def _label_pattern(label: str) -> re.Pattern[str]:
+    return re.compile(rf"(?<![\w-]){re.escape(label)}(?!\w)", re.IGNORECASE)
 
 
 def effective_status(

@@ -225,7 +225,8 @@ class TicketCacheService:
                 self._postpone(user_id, REVOKED_RECHECK_SECONDS)
             raise NoBytemarkAccount(user_id)
         try:
-            fresh = prepare_fresh(self.source.fetch_passes(token, deadline.remaining(self.clock.now())))
+            fetched = self.source.fetch_passes(token, deadline.remaining(self.clock.now()))
+            fresh = prepare_fresh(fetched, stored.payload_hashes() if stored is not None else None)
         except UpstreamError as exc:
             if isinstance(exc, TokenRevoked) and stored is not None:
                 self._postpone(user_id, REVOKED_RECHECK_SECONDS)
