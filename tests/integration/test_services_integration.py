@@ -295,7 +295,11 @@ def test_ttl_boundary_exactly_at_ttl_is_stale(stack: Stack, admin: AdminClient) 
     requests_before = admin.request_counts()["total"]
     stack.clock.advance(1)
 
-    assert stack.tickets.check_with_ttl(USER).source == "synced"
+    # At the TTL the cache is stale: no pass is in use, so it is served with a refresh queued behind the
+    # rider; the contract's plain check (refresh_behind off) syncs first.
+    assert stack.tickets.check_with_ttl(USER).source == "refresh_queued"
+    assert admin.request_counts()["total"] == requests_before
+    assert stack.tickets.check_with_ttl(USER, refresh_behind=False).source == "synced"
     assert admin.request_counts()["total"] > requests_before
 
 

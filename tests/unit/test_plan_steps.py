@@ -183,6 +183,25 @@ def test_prepare_fresh_checks_only_payloads_not_already_stored() -> None:
             prepare_fresh(FetchedPasses([unstorable], []), stored_hashes)
 
 
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"level": 0}
+    for _ in range(depth):
+        value = {"level": value}
+    return value
+
+
+@pytest.mark.parametrize("stored_hashes", [None, {"deep": "0" * 32}])
+def test_prepare_fresh_refuses_a_pass_nested_deeper_than_the_stack(
+    stored_hashes: dict[str, str] | None,
+) -> None:
+    # Hashing meets the pass before the storability check does; a nesting the simulator's hostile
+    # variant sends (500 levels) must be the same permanent refusal, not a RecursionError (a 500).
+    deep = {"uuid": "deep", "status": "USABLE", "nested": _nested(500)}
+    with pytest.raises(UpstreamError, match="'deep' cannot be stored") as raised:
+        prepare_fresh(FetchedPasses([deep], []), stored_hashes)
+    assert not raised.value.transient
+
+
 def test_prepare_fresh_does_not_check_a_copy_that_is_not_kept() -> None:
     # The v1 copy of a uuid in v4 is never stored, so what it holds cannot refuse the answer.
     unstorable_v1_copy = {"uuid": "p", "status": "USING", "bad.key": 1}

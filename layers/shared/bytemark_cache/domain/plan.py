@@ -103,7 +103,7 @@ def prepare_fresh(fetched: FetchedPasses, stored_hashes: Mapping[str, str] | Non
         if pass_["uuid"] in in_history:
             continue  # the v4 copy wins
         (history if pass_["status"] == EXPIRED else still_current).append(pass_)
-    hashes = {pass_["uuid"]: payload_hash(pass_) for pass_ in (*still_current, *history)}
+    hashes = {pass_["uuid"]: _fresh_payload_hash(pass_) for pass_ in (*still_current, *history)}
     for pass_ in (*still_current, *history):
         if known.get(pass_["uuid"]) == hashes[pass_["uuid"]]:
             continue
@@ -116,6 +116,20 @@ def prepare_fresh(fetched: FetchedPasses, stored_hashes: Mapping[str, str] | Non
     still_current.sort(key=creation_key)
     history.sort(key=creation_key)
     return FreshPasses(current=still_current, history=history, hashes=hashes)
+
+
+def _fresh_payload_hash(pass_: Pass) -> str:
+    """The pass's hash, or the permanent refusal of a pass nested deeper than the interpreter's stack.
+
+    Hashing runs before the storability check (which it lets skip stored payloads), so a hostile nesting
+    reaches it first; MongoDB would refuse that depth anyway (MAX_PASS_DEPTH).
+    """
+    try:
+        return payload_hash(pass_)
+    except RecursionError:
+        raise UpstreamError(
+            f"Bytemark pass {pass_['uuid'][:64]!r} cannot be stored: nested too deeply", transient=False
+        ) from None
 
 
 # -- 1. match ------------------------------------------------------------------------------------
