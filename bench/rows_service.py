@@ -192,13 +192,13 @@ def bench_commands(resources: LocalResources) -> list[str]:
         entries = len(held["current"]) + len(held["expired"])
         steps = [
             sync("build (no cache yet)", "built"),
-            sync(f"no change, right after the build (its {entries} log entries again)", "synced"),
+            sync(f"no change, right after the build (its {entries} pending log entries checked)", "synced"),
             sync("no change", "synced"),
         ]
         usable = next(pass_ for pass_ in held["current"] if pass_["status"] == "USABLE")
         admin.activate(user, usable["uuid"])
         steps.append(sync("one pass changed (activated at Bytemark)", "synced"))
-        steps.append(sync("no change, right after that (its 1 log entry again)", "synced"))
+        steps.append(sync("no change, right after that (its 1 pending log entry checked)", "synced"))
         # The baseline: rewriting the whole document as it is now (one update command).
         settings = services.settings
         collection = database[settings.cache_collection]
