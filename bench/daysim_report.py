@@ -224,6 +224,11 @@ def reading(results: dict[str, PolicyResult]) -> list[str]:
         "old and skipped. Everyone is synced in the same hour, every other hour (the zigzag in the plot).",
         f"- Write bytes: (a) rewrites the whole document, {per_sync:,.0f} B per sync; (e) sends "
         f"{per_write:,.0f} B per write on average.",
+        f"- Worst stale age: (e) {_age(e.worst_age)} against (a) {_age(a.worst_age)}. (a) syncs everyone "
+        "hourly; in (e) a change made outside the app (a web purchase, a refund) for a rider synced only by "
+        "the dormant floor waits for that floor or the rider's next open, which shows it once and queues "
+        "the refresh that corrects it seconds later. The goals count stale opens, not their age; this is "
+        "the price of the floor (see the variants below).",
     ]
 
 
