@@ -1,4 +1,4 @@
--- SPEC §3: the users' Bytemark OAuth tokens, as the portal database holds them.
+-- docs/contract.md §3: the users' Bytemark OAuth tokens, as the portal database holds them.
 -- Applied once per database by local/services.sh (recorded in schema_migrations); IF NOT EXISTS keeps it
 -- harmless on a database that already has the table (a copy of a real portal schema).
 CREATE TABLE IF NOT EXISTS bytemark_tokens (

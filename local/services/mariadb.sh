@@ -91,7 +91,8 @@ SQL
 }
 
 # Apply local/migrations/*.sql in name order over TCP as the application user, each at most once
-# (recorded with its checksum in schema_migrations); an applied file that changed is an error.
+# (recorded with its checksum in schema_migrations); an applied file whose statements changed is an error.
+# The checksum leaves out `--` comment lines: a comment is no schema change.
 mariadb_migrate() {
   local client_cnf="$BTC_RUN_DIR/mariadb-client.cnf" rc=0
   mkdir -p "$BTC_RUN_DIR"
@@ -117,13 +118,14 @@ mariadb_apply_migrations() {
   for file in "$MARIADB_MIGRATIONS_DIR"/*.sql; do
     [[ -e "$file" ]] || continue
     name="$(basename "$file")"
-    checksum="$(sha256sum "$file" | cut -d' ' -f1)"
+    checksum="$(grep -v '^[[:space:]]*--' "$file" | sha256sum | cut -d' ' -f1)"
     recorded="$("${client[@]}" -e "SELECT checksum FROM schema_migrations WHERE filename = $(sql_string "$name")")" \
       || btc_die "mariadb: cannot read schema_migrations in $MYSQL_DATABASE"
     if [[ "$recorded" == "$checksum" ]]; then
       continue
     elif [[ -n "$recorded" ]]; then
-      btc_die "migration $name changed after it was applied to $MYSQL_DATABASE; add a new file instead"
+      btc_die "migration $name changed after it was applied to $MYSQL_DATABASE; add a new file instead" \
+        "(a local database recorded before checksums left out comments: \`make clean\` recreates it)"
     fi
     "${client[@]}" <"$file" || btc_die "migration $name failed on $MYSQL_DATABASE"
     "${client[@]}" -e "INSERT INTO schema_migrations (filename, checksum) VALUES ($(sql_string "$name"), '$checksum')" \

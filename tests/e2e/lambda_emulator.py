@@ -319,7 +319,7 @@ def unique_name(prefix: str) -> str:
 # -- test data: MySQL ``bytemark_tokens`` ----------------------------------------------------------
 
 TOKEN_TABLE_DDL = (REPO_ROOT / "local" / "migrations" / "001_bytemark_tokens.sql").read_text()
-"""SPEC §3 as the project's migration creates it (one idempotent statement)."""
+"""docs/contract.md §3 as the project's migration creates it (one idempotent statement)."""
 
 
 class TokenTable:

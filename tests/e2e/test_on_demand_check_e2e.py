@@ -120,7 +120,7 @@ def bytemark_lists(simulator: SimulatorServer, user_id: int) -> tuple[Passes, Pa
 
 
 def assert_tickets_body(body: dict[str, Any], user_id: int) -> None:
-    """The SPEC §7 200 body: the caller's id; every element with wrapper fields and effective status."""
+    """docs/contract.md §7's 200 body: the caller's id; each element with wrapper fields, effective status."""
     assert body["user_id"] == user_id
     assert {"synced_at", "age_seconds", "stale", "passes", "passes4"} <= set(body)
     assert isinstance(body["stale"], bool)

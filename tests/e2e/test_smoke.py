@@ -49,7 +49,8 @@ def test_sqs_batch_answers_partial_batch_failures(pool: EmulatorPool) -> None:
 def test_schedule_answers_a_backfill_summary(pool: EmulatorPool) -> None:
     answer = pool.invoke("ScheduledBackfillFunction", load_event("schedule_missing.json"))
     assert isinstance(answer, dict)
-    # SPEC §7: the back-fill returns {"enqueued", "scanned", "cursor"}.
+    # docs/contract.md §7: the back-fill returns {"mode", "scanned", "enqueued", "cursor"}.
+    assert answer["mode"] == "missing"
     assert isinstance(answer["enqueued"], int)
     assert isinstance(answer["scanned"], int)
     assert "cursor" in answer

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -261,12 +263,19 @@ def test_portal_database_has_the_spec_bytemark_tokens_table(
     assert indexes == {("PRIMARY", 0, "id"), ("user_id_unique_idx__001", 0, "user_id")}
 
 
+def _statements_checksum(path: Path) -> str:
+    """sha256 of the file without its ``--`` comment lines, as local/services/mariadb.sh records it."""
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [
+        line if line.endswith("\n") else line + "\n" for line in lines if not line.lstrip().startswith("--")
+    ]
+    return hashlib.sha256("".join(kept).encode()).hexdigest()
+
+
 def test_every_migration_is_recorded_with_its_checksum(
     portal_connection: MySqlConnection, local_env: dict[str, str]
 ) -> None:
-    expected = {
-        path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in MIGRATIONS_DIR.glob("*.sql")
-    }
+    expected = {path.name: _statements_checksum(path) for path in MIGRATIONS_DIR.glob("*.sql")}
 
     with portal_connection.cursor() as cursor:
         cursor.execute("SELECT filename, checksum FROM schema_migrations")
@@ -274,6 +283,64 @@ def test_every_migration_is_recorded_with_its_checksum(
 
     assert expected
     assert recorded == expected
+
+
+def test_migrations_run_once_ignore_comment_edits_and_refuse_a_changed_statement(
+    mysql_connect_args: dict[str, Any], run_id: str, tmp_path: Path
+) -> None:
+    # local/services.sh's own migrator (mariadb_migrate), on a scratch database and a copy of the files.
+    database = f"btc_test_{run_id}_migrations"
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    migration = migrations / "001_bytemark_tokens.sql"
+    migration.write_text((MIGRATIONS_DIR / "001_bytemark_tokens.sql").read_text())
+    script = (
+        "set -euo pipefail; source local/services/common.sh; source local/services/mariadb.sh; "
+        'MARIADB_HOST="$MYSQL_HOST"; MARIADB_PORT="$MYSQL_PORT"; MARIADB_MIGRATIONS_DIR="$1"; mariadb_migrate'
+    )
+    environment = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "BTC_DATA_DIR": str(tmp_path / "data"),
+        "MYSQL_HOST": mysql_connect_args["host"],
+        "MYSQL_PORT": str(mysql_connect_args["port"]),
+        "MYSQL_USER": mysql_connect_args["user"],
+        "MYSQL_PASSWORD": mysql_connect_args["password"],
+        "MYSQL_DATABASE": database,
+    }
+
+    def migrate() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", "-c", script, "migrate", str(migrations)],
+            cwd=REPO_ROOT,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    admin = connect_mysql(mysql_connect_args)
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE `{database}`")
+        first = migrate()
+        assert first.returncode == 0, first.stderr
+        assert "(1 migration(s) applied now)" in first.stderr
+
+        migration.write_text("-- a comment added after the file was applied\n" + migration.read_text())
+        comment_only = migrate()
+        assert comment_only.returncode == 0, comment_only.stderr
+        assert "(0 migration(s) applied now)" in comment_only.stderr
+
+        migration.write_text(migration.read_text().replace("VARCHAR(32)", "VARCHAR(64)"))
+        changed = migrate()
+        assert changed.returncode != 0
+        assert "migration 001_bytemark_tokens.sql changed after it was applied" in changed.stderr
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{database}`")
+        admin.close()
 
 
 def test_the_unique_user_index_refuses_a_second_row_and_seed_token_upserts(
