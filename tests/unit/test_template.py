@@ -1,7 +1,7 @@
 """template.yaml and samconfig.toml: the deployment rules a platform team relies on, checked offline.
 
-The template is read with a SafeLoader that understands CloudFormation's short-form tags (``!Ref``,
-``!Sub``, ``!GetAtt``, ``!If`` …) and turns them into their long form, as CloudFormation does.
+The template is read by ``local_env.load_template``: a SafeLoader that understands CloudFormation's short-form
+tags (``!Ref``, ``!Sub``, ``!GetAtt``, ``!If`` …) and turns them into their long form, as CloudFormation does.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from local_env import load_template
+
+from bytemark_cache.domain.expiry import DEFAULT_DAY_PASS_LABEL
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
@@ -35,6 +37,7 @@ CONTRACT_SETTINGS = {
     "CACHE_TTL_SECONDS",
     "UPDATE_QUEUE_URL",
     "AGENCY_TIMEZONE",
+    "DAY_PASS_LABEL",
     "PASSES4_LIMIT",
     "MONGODB_SECRET_ARN",
     "MYSQL_SECRET_ARN",
@@ -93,44 +96,9 @@ ALLOWED_POLICY_TEMPLATES = {
 NO_VALUE = {"Ref": "AWS::NoValue"}
 
 
-class CloudFormationLoader(yaml.SafeLoader):
-    """SafeLoader that reads CloudFormation short-form intrinsic tags as their long form."""
-
-
-def _intrinsic(tag: str) -> Any:
-    key = tag if tag in ("Ref", "Condition") else f"Fn::{tag}"
-
-    def construct(loader: yaml.SafeLoader, node: yaml.Node) -> dict[str, Any]:
-        value: Any
-        if isinstance(node, yaml.ScalarNode):
-            value = loader.construct_scalar(node)
-            if tag == "GetAtt":
-                value = str(value).split(".", 1)
-        elif isinstance(node, yaml.SequenceNode):
-            value = loader.construct_sequence(node, deep=True)
-        else:
-            value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
-        return {key: value}
-
-    return construct
-
-
-for _tag in (
-    "Ref", "Condition", "Sub", "GetAtt", "If", "Equals", "Not", "And", "Or", "Join", "Select", "Split",
-    "FindInMap", "ImportValue", "Base64", "Cidr", "GetAZs", "Transform", "ToJsonString", "Length",
-):  # fmt: skip
-    CloudFormationLoader.add_constructor(f"!{_tag}", _intrinsic(_tag))
-
-
-def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
-    """template.yaml as a dict, intrinsic functions in long form."""
-    document: dict[str, Any] = yaml.load(path.read_text(), Loader=CloudFormationLoader)
-    return document
-
-
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
-    return load_template()
+    return load_template(TEMPLATE)
 
 
 @pytest.fixture(scope="module")
@@ -324,6 +292,9 @@ def test_globals_carry_tracing_and_every_spec_setting(template: dict[str, Any]) 
     variables = globals_function["Environment"]["Variables"]
     assert set(variables) >= CONTRACT_SETTINGS, f"missing: {sorted(CONTRACT_SETTINGS - set(variables))}"
     assert variables["UPDATE_QUEUE_URL"] == {"Ref": "UpdateQueue"}
+    # The agency's day-pass rule is a deploy choice, its default the code's.
+    assert variables["DAY_PASS_LABEL"] == {"Ref": "DayPassLabel"}
+    assert template["Parameters"]["DayPassLabel"]["Default"] == DEFAULT_DAY_PASS_LABEL
     # One namespace per stack: dev and prod in one account never share a series.
     assert variables["POWERTOOLS_METRICS_NAMESPACE"] == METRICS_NAMESPACE
     # The service is per function (below), never a shared default.
