@@ -389,6 +389,8 @@ def test_read_none_without_a_document_of_the_user() -> None:
         pytest.param({"timestamp": True}, ("timestamp_unreadable",), None, id="bool"),
         pytest.param({"timestamp": NOW + 3600}, (), None, id="future seconds: stale, not legacy"),
         pytest.param({"user_id": str(USER)}, ("user_id_string",), T0, id="user_id string"),
+        pytest.param({"user_id": float(USER)}, ("user_id_double",), T0, id="user_id double"),
+        pytest.param({"user_id": Int64(USER)}, (), T0, id="user_id Int64: the contract's shape"),
         pytest.param({"passes4": None}, ("list_missing",), T0, id="passes4 missing"),
         pytest.param({"passes": "x"}, ("list_not_array",), T0, id="passes not an array"),
         pytest.param({REVISION_FIELD: None, "__v": 0, "passesLog": [{"old": 1}]}, (), T0, id="Node extras"),

@@ -29,6 +29,7 @@ from bytemark_cache.domain.document import (
     element_uuid,
     interpret_time,
     interpret_user_id,
+    legacy_user_id_kind,
     normalise_element,
     read_cache,
     timestamp_kind,
@@ -45,12 +46,11 @@ elements lead, as a sync writes them). The order alone is no reason to write a d
 DUPLICATE_MOVED: Final = "duplicate_moved"
 """A user's older document, moved to the side collection (the newest sync stays)."""
 
+# Why a document is left as it is: it needs a person (doctor reports these too).
 UNREADABLE_USER_ID: Final = "unreadable_user_id"
 LIST_NOT_ARRAY: Final = "list_not_array"
 TOO_LARGE: Final = "too_large"
 NOT_STORABLE: Final = "not_storable"
-PROBLEMS: Final = (UNREADABLE_USER_ID, LIST_NOT_ARRAY, TOO_LARGE, NOT_STORABLE)
-"""Why a document is left as it is: it needs a person (doctor reports them too)."""
 
 _HASH_MISSING: Final = "element_payload_hash_missing"
 
@@ -89,8 +89,9 @@ def converge(document: Mapping[str, Any], now: float) -> Convergence:
     changes: dict[str, dict[str, Any]] = {}
 
     raw_user_id = document.get("user_id")
-    if not isinstance(raw_user_id, int):  # a string (or a double) Node wrote; Int64 is an int already
-        actions.append("user_id_string" if isinstance(raw_user_id, str) else "user_id_double")
+    user_id_shape = legacy_user_id_kind(raw_user_id)
+    if user_id_shape is not None:
+        actions.append(user_id_shape)
         fields["user_id"] = user_id
         changes["user_id"] = {"from": raw_user_id, "to": user_id}
 

@@ -100,9 +100,9 @@ def read_cache(documents: Sequence[CacheDocument], user_id: int, now: float) -> 
     # Several documents for one user (written by two Node instances at once): the newest sync wins.
     chosen = max(own, key=lambda document: _recency(document, now))
     legacy: list[str] = []
-    stored_user_id = chosen.get("user_id")
-    if not (isinstance(stored_user_id, int) and not isinstance(stored_user_id, bool)):
-        legacy.append("user_id_string")
+    user_id_shape = legacy_user_id_kind(chosen.get("user_id"))
+    if user_id_shape is not None:
+        legacy.append(user_id_shape)
     if len(own) > 1:
         legacy.append("duplicate_documents")
     raw_timestamp = chosen.get("timestamp", None)
@@ -128,8 +128,17 @@ def read_cache(documents: Sequence[CacheDocument], user_id: int, now: float) -> 
     )
 
 
+def legacy_user_id_kind(value: object) -> str | None:
+    """None for a ``user_id`` in the contract's shape (an integer, Int64 included); else the legacy shape's
+    name. The reader, ``converge`` and the sync planner all ask this one rule."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return None
+    return "user_id_string" if isinstance(value, str) else "user_id_double"
+
+
 def interpret_user_id(value: object) -> int | None:
-    """A stored ``user_id``: an int, or a string of ASCII digits (Node wrote both); else None."""
+    """A stored ``user_id``: an int, a whole double or a string of ASCII digits (Node wrote all three); else
+    None."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):

@@ -158,10 +158,6 @@ class SyncPlan:
         """How many passes this write creates, updates or removes."""
         return len(self.log)
 
-    def log_to_write(self) -> list[LogEntry]:
-        """Every entry the write must see in the log collection: the carried ones first."""
-        return [*self.carried_log, *self.log]
-
     def lists(self) -> tuple[ListChanges, ListChanges]:
         """Both arrays' changes."""
         return (self.passes, self.history)

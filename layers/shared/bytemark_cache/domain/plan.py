@@ -42,6 +42,7 @@ from bytemark_cache.domain.document import (
     MUTABLE_ELEMENT_FIELDS,
     StoredCache,
     element_uuid,
+    legacy_user_id_kind,
     normalise_element,
 )
 from bytemark_cache.domain.hashing import payload_hash
@@ -415,8 +416,8 @@ def plan_sync(
         for number, (action, list_name, element, new_hash, previous) in enumerate(raw_entries)
     ]
     set_fields: dict[str, Any] = {"timestamp": now}
-    if stored is not None and type(stored.document.get("user_id")) is not int:
-        set_fields["user_id"] = user_id  # converge a string id
+    if stored is not None and legacy_user_id_kind(stored.document.get("user_id")) is not None:
+        set_fields["user_id"] = user_id  # converge a string or double id
     set_fields.update({key: value for key, value in (fields or {}).items() if key != "user_id"})
     plan = SyncPlan(
         user_id=user_id,
