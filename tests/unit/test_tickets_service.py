@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from datetime import UTC, datetime
 from typing import Any
@@ -103,6 +104,26 @@ def test_first_check_builds_sorted_cache_and_logs_every_pass(world: World) -> No
     assert world.actions() == {("a", "created"), ("b", "created"), ("x", "created"), ("y", "created")}
     assert result.changed_passes == 4
     assert world.document[REVISION_FIELD] == 1
+
+
+class CountingTokenStore(InMemoryTokenStore):
+    def __init__(self, tokens: dict[int, str | None]) -> None:
+        super().__init__(tokens)
+        self.reads = 0
+
+    def token_for(self, user_id: int) -> str | None:
+        self.reads += 1
+        return super().token_for(user_id)
+
+
+def test_a_build_and_a_sync_each_read_the_token_once(world: World) -> None:
+    counting = CountingTokenStore({USER: TOKEN})
+    service = dataclasses.replace(world.service, tokens=counting)
+
+    assert service.check(USER, deadline=world.deadline()).source == "built"
+    assert counting.reads == 1
+    assert service.check(USER, deadline=world.deadline()).source == "synced"
+    assert counting.reads == 2
 
 
 @pytest.mark.parametrize("token", [None, "", "   "])

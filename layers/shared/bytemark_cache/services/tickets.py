@@ -34,9 +34,9 @@ from bytemark_cache.ports import CacheStore, Clock, PassSource, TokenStore, Upda
 logger = logging.getLogger(__name__)
 
 Source = Literal["built", "synced", "cache", "shared", "stale", "refresh_queued"]
-"""How a result came to be: built or synced by this call; served from the cache (fresh enough); produced
-by a concurrent sync this call waited for; served as it was because Bytemark failed; or served as it was
-with a refresh queued behind the rider."""
+"""How a result came to be: built or synced by this call; served from the cache (fresh enough, or as it was
+when another sync of the rider outlasted the wait); produced by a concurrent sync this call waited for;
+served as it was because Bytemark failed; or served as it was with a refresh queued behind the rider."""
 
 CLAIM_POLL_SECONDS = 0.1
 """How often a caller waiting for another sync of the same user looks again."""
@@ -93,13 +93,11 @@ class TicketCacheService:
 
     # -- reads -------------------------------------------------------------------------------------
 
-    def check_with_ttl(
-        self, user_id: int, *, deadline: Deadline, ttl_seconds: int | None = None, refresh_behind: bool = True
-    ) -> CheckResult:
+    def check_with_ttl(self, user_id: int, *, deadline: Deadline, refresh_behind: bool = True) -> CheckResult:
         """``GET /tickets``: no cache → build; younger than the TTL → serve; older → the policy decides
         between serving it with a refresh queued behind the rider and syncing first (``refresh_behind``
         False: always sync first, the contract's plain check_with_ttl)."""
-        ttl = self.policy.ttl_seconds if ttl_seconds is None else ttl_seconds
+        ttl = self.policy.ttl_seconds
         now = int(self.clock.now())
         stored = self._load(user_id)
         if stored is None:
@@ -185,10 +183,11 @@ class TicketCacheService:
         as it is and a sync (``serve_stale`` False: the queue's) raises SyncInProgress, so its message comes
         back later instead of being acknowledged unsynced.
         """
-        if stored is None and not self.tokens.token_for(user_id):
-            raise NoBytemarkAccount(
-                user_id
-            )  # before claiming: a rider without an account leaves nothing behind
+        # A build reads the token before claiming (a rider without an account leaves nothing behind) and
+        # fetches with it; a sync reads it at fetch time.
+        token = self.tokens.token_for(user_id) if stored is None else None
+        if stored is None and not token:
+            raise NoBytemarkAccount(user_id)
         owner = uuid.uuid4().hex
         revision = stored.revision if stored is not None else 0
         wait_until = deadline.earlier(Deadline.after(self.clock.now(), self.wait_seconds))
@@ -204,7 +203,7 @@ class TicketCacheService:
                     return CheckResult(user_id, current, "shared")
                 stored, revision = current, current.revision
         try:
-            return self._fetch_and_write(user_id, stored, owner, deadline, reason, serve_stale)
+            return self._fetch_and_write(user_id, stored, owner, deadline, reason, serve_stale, token)
         except BaseException:
             # Nothing was written: the next caller may claim this revision at once.
             self.cache.release(user_id, revision, owner)
@@ -218,8 +217,10 @@ class TicketCacheService:
         deadline: Deadline,
         reason: UpdateReason,
         serve_stale: bool,
+        token: str | None,
     ) -> CheckResult:
-        token = self.tokens.token_for(user_id)
+        if token is None:
+            token = self.tokens.token_for(user_id)
         if not token:
             if stored is not None:
                 self._postpone(user_id, REVOKED_RECHECK_SECONDS)
