@@ -19,9 +19,9 @@ PYTEST := $(PYTHON) -m pytest
 UV := $(VENV)/bin/uv
 SAM := .sam-venv/bin/sam
 # `sam build` needs the runtime's Python (python3.13) on PATH; scripts/setup.sh finds it.
-RUNTIME_PYTHON_DIR = $(shell source local/services/common.sh && dirname "$$(btc_find_python)" 2>/dev/null)
+RUNTIME_PYTHON_DIR = $(shell source local/services/common.sh && python="$$(btc_find_python 2>/dev/null)" && dirname "$$python")
 # SAM quiet and offline: no telemetry, no instance metadata lookups, dummy credentials, a region.
-SAM_ENV = PATH="$(RUNTIME_PYTHON_DIR):$$PATH" SAM_CLI_TELEMETRY=0 AWS_EC2_METADATA_DISABLED=true \
+SAM_ENV = PATH="$(if $(RUNTIME_PYTHON_DIR),$(RUNTIME_PYTHON_DIR):)$$PATH" SAM_CLI_TELEMETRY=0 AWS_EC2_METADATA_DISABLED=true \
 	AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local AWS_DEFAULT_REGION=us-east-1 AWS_REGION=us-east-1
 # The layer lock is resolved for Lambda's platform: python3.13 on Amazon Linux 2023 (glibc 2.34). Change
 # with the template's architecture (x86_64 → aarch64-manylinux_2_28 for arm64).
@@ -115,9 +115,8 @@ bench-day: $(DEP_VENV) ## the simulated day: Bytemark calls per user-day under f
 invoke: $(DEP_SERVICES) $(DEP_BUILD) ## one built function with an event: make invoke FUNCTION=… EVENT=events/…
 	$(PYTHON) local/emulator.py $(FUNCTION) $(EVENT)
 
-# The operator CLI on the local stack's settings, e.g. make cli ARGS="show 1001"
 cli: $(DEP_VENV) ## the operator CLI on the local settings: make cli ARGS="show 1001"
-	@set -a && source local/defaults.env && set +a && $(VENV)/bin/bytemark-cache $(ARGS)
+	@source local/services/common.sh && btc_load_env && $(VENV)/bin/bytemark-cache $(ARGS)
 
 lock: $(DEP_VENV) ## re-resolve the hashed lock files (UPGRADE=1 takes the newest releases)
 	$(LOCK) --python-platform $(LAMBDA_PLATFORM) -o layers/shared/requirements.txt layers/shared/requirements.in

@@ -35,8 +35,7 @@ from bench.rows_common import (
     unique_name,
 )
 from bytemark_cache.adapters.mongo_store import MongoCacheStore, connect
-from bytemark_cache.adapters.mysql_tokens import MySqlTokenStore
-from bytemark_cache.bootstrap import build_services
+from bytemark_cache.bootstrap import build_services, indexed_collections, mysql_token_store
 from bytemark_cache.services.backfill import DEFAULT_PAGE_SIZE, BackfillResult
 
 SEED_BATCH = 5_000
@@ -123,11 +122,7 @@ def population(resources: Any, users: int) -> Iterator[tuple[Any, Seeding]]:
             user_ids = list(range(1, users + 1))
             seed_tokens(resources.env, mysql, user_ids, lambda uid: f"tok-{uid}")
             mysql_seconds = time.perf_counter() - started
-            mongo_indexes(
-                database,
-                {"cache": settings.cache_collection, "log": settings.log_collection,
-                 "claims": settings.claim_collection},
-            )  # fmt: skip
+            mongo_indexes(database, indexed_collections(settings))
             started = time.perf_counter()
             now = int(time.time())
             cached = [minimal_cache(uid, now) for uid in user_ids if uid % 2 == 1]
@@ -194,13 +189,7 @@ def bench_backfill(resources: Any, *, users: int, seconds: float, due_page_size:
     """The ``missing`` and ``due`` scans against reading the MySQL pages alone."""
     spent: defaultdict[str, float] = defaultdict(float)
     with population(resources, users) as (settings, seeding):
-        tokens = MySqlTokenStore(
-            settings.mysql_host,
-            settings.mysql_port,
-            settings.mysql_user,
-            settings.mysql_password,
-            settings.mysql_database,
-        )
+        tokens = mysql_token_store(settings)
         # The MySQL pages alone: the floor of any token scan.
         started = time.perf_counter()
         floor_users = sum(len(page) for page in tokens.users_with_token(None, DEFAULT_PAGE_SIZE))

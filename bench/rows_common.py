@@ -12,10 +12,13 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bson
 from pymongo import monitoring
+
+if TYPE_CHECKING:
+    from bytemark_cache.adapters.mongo_indexes import Role
 
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS_DIR = ROOT / "local" / "migrations"
@@ -240,11 +243,11 @@ def seed_tokens(
         connection.close()
 
 
-def mongo_indexes(database: Any, names: dict[str, str]) -> None:
+def mongo_indexes(database: Any, names: dict[Role, str]) -> None:
     """The deploy step (``bytemark-cache ensure-indexes``) on the bench's collections."""
     from bytemark_cache.adapters.mongo_indexes import ensure_indexes
 
-    ensure_indexes(database, names)  # type: ignore[arg-type]
+    ensure_indexes(database, names)
 
 
 def bench_settings(env: dict[str, str], **overrides: str) -> Any:

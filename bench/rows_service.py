@@ -31,7 +31,7 @@ from bench.rows_common import (
     unique_name,
 )
 from bytemark_cache.adapters.mongo_store import MongoCacheStore, connect
-from bytemark_cache.bootstrap import Services, build_services
+from bytemark_cache.bootstrap import Services, build_services, indexed_collections
 from bytemark_cache.domain.deadline import Deadline
 from bytemark_simulator import SimulatorServer
 
@@ -103,14 +103,7 @@ def real_services(
         settings.mongodb_uri, settings.mongodb_database, event_listeners=[recorder] if recorder else []
     )
     try:
-        mongo_indexes(
-            database,
-            {
-                "cache": settings.cache_collection,
-                "log": settings.log_collection,
-                "claims": settings.claim_collection,
-            },
-        )
+        mongo_indexes(database, indexed_collections(settings))
         cache = MongoCacheStore(
             database, settings.cache_collection, settings.log_collection, settings.claim_collection
         )

@@ -27,7 +27,6 @@ UNSTORABLE_FIELDS = {
 }
 # Built once, shared by every huge_body answer.
 _FILLER = b"x" * MIB
-_SPACES = b" " * MIB
 _ADLER_BASE = 65521
 
 

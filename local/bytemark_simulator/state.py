@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
+from .hostile import UNSTORABLE_FIELDS
 from .passes import (
     PRODUCTS_BY_LABEL,
     Pass,
@@ -39,26 +40,6 @@ from .passes import (
     parse_iso,
 )
 
-FAULT_KINDS = (
-    "latency",
-    "http_500",
-    "http_503",
-    "timeout",
-    "reset",
-    "rate_limit",
-    "malformed_json",
-    "error_200_50020",
-    "schema_break",
-    "slow_drip",
-    "gzip_bomb",
-    "deflate_bomb",
-    "huge_body",
-    "huge_list",
-    "pagination_loop",
-    "unstorable_pass",
-    "wrong_content_encoding",
-    "truncated_body",
-)
 # What each kind does and which set_fault parameters it reads (count, rate, user_id, endpoint apply to all).
 FAULT_HELP = {
     "latency": "answer normally after latency_ms",
@@ -82,15 +63,9 @@ FAULT_HELP = {
     "wrong_content_encoding": "Content-Encoding br on a body that is plain JSON, not brotli",
     "truncated_body": "Content-Length of the whole envelope, half of it sent, then the connection closed",
 }
+FAULT_KINDS = tuple(FAULT_HELP)
 SCHEMA_BREAK_VARIANTS = ("passes_not_list", "pass_without_uuid", "data_not_object")
-UNSTORABLE_PASS_VARIANTS = (
-    "int_overflow",
-    "nul_key",
-    "dollar_key",
-    "lone_surrogate",
-    "deep_nesting",
-    "dotted_key",
-)
+UNSTORABLE_PASS_VARIANTS = tuple(UNSTORABLE_FIELDS)
 FAULT_VARIANTS = {"schema_break": SCHEMA_BREAK_VARIANTS, "unstorable_pass": UNSTORABLE_PASS_VARIANTS}
 # Defaults of the size and pace parameters of the hostile faults.
 FAULT_PARAM_DEFAULTS = {

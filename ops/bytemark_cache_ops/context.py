@@ -131,16 +131,9 @@ class Context:
         if self.injected_tokens is not None:
             return self.injected_tokens
         if "tokens" not in self._built:
-            from bytemark_cache.adapters.mysql_tokens import MySqlTokenStore
+            from bytemark_cache.bootstrap import mysql_token_store
 
-            settings = self.settings
-            self._built["tokens"] = MySqlTokenStore(
-                settings.mysql_host,
-                settings.mysql_port,
-                settings.mysql_user,
-                settings.mysql_password,
-                settings.mysql_database,
-            )
+            self._built["tokens"] = mysql_token_store(self.settings)
         tokens: TokenStore = self._built["tokens"]
         return tokens
 
@@ -157,16 +150,13 @@ class Context:
         if "maintenance" not in self._built:
             from bytemark_cache.adapters import mongo_migration
             from bytemark_cache.adapters.mongo_store import connect
+            from bytemark_cache.bootstrap import indexed_collections
 
             settings = self.mongodb_settings() if mongodb_only else self.settings
             database = connect(settings.mongodb_uri, settings.mongodb_database)
             self._built["maintenance"] = mongo_migration.MongoMaintenanceStore(
                 database,
-                {
-                    "cache": settings.cache_collection,
-                    "log": settings.log_collection,
-                    "claims": settings.claim_collection,
-                },
+                indexed_collections(settings),
                 duplicates_collection=duplicates_collection or mongo_migration.DEFAULT_DUPLICATES_COLLECTION,
                 migration_log_collection=migration_log_collection
                 or mongo_migration.DEFAULT_MIGRATION_LOG_COLLECTION,

@@ -13,7 +13,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bytemark_cache.config import Settings
 from bytemark_cache.domain.freshness import FreshnessPolicy
@@ -28,6 +28,10 @@ from bytemark_cache.ports import (
     UpdateQueue,
 )
 from bytemark_cache.services import BackfillService, TicketCacheService
+
+if TYPE_CHECKING:
+    from bytemark_cache.adapters.mongo_indexes import Role
+    from bytemark_cache.adapters.mysql_tokens import MySqlTokenStore
 
 logger = logging.getLogger(__name__)
 
@@ -88,15 +92,7 @@ def build_services(
 
         clock = SystemClock()
     if tokens is None:
-        from bytemark_cache.adapters.mysql_tokens import MySqlTokenStore
-
-        tokens = MySqlTokenStore(
-            settings.mysql_host,
-            settings.mysql_port,
-            settings.mysql_user,
-            settings.mysql_password,
-            settings.mysql_database,
-        )
+        tokens = mysql_token_store(settings)
     if source is None:
         from bytemark_cache.adapters.bytemark_http import BytemarkHttpSource
 
@@ -155,17 +151,34 @@ def build_services(
     )
 
 
-def _warn_about_indexes(database: Any, settings: Settings) -> None:
-    """Log each required index that is missing: a warning for the operator, never a failed request."""
-    from bytemark_cache.adapters.mongo_indexes import check_indexes
+def mysql_token_store(settings: Settings) -> MySqlTokenStore:
+    """The MySQL ``bytemark_tokens`` store of these settings."""
+    from bytemark_cache.adapters.mysql_tokens import MySqlTokenStore
 
-    collections = {
+    return MySqlTokenStore(
+        settings.mysql_host,
+        settings.mysql_port,
+        settings.mysql_user,
+        settings.mysql_password,
+        settings.mysql_database,
+    )
+
+
+def indexed_collections(settings: Settings) -> dict[Role, str]:
+    """The collections whose indexes the service needs (``mongo_indexes.REQUIRED_INDEXES``), by role."""
+    return {
         "cache": settings.cache_collection,
         "log": settings.log_collection,
         "claims": settings.claim_collection,
     }
+
+
+def _warn_about_indexes(database: Any, settings: Settings) -> None:
+    """Log each required index that is missing: a warning for the operator, never a failed request."""
+    from bytemark_cache.adapters.mongo_indexes import check_indexes
+
     try:
-        findings = check_indexes(database, collections)  # type: ignore[arg-type]
+        findings = check_indexes(database, indexed_collections(settings))
     except BytemarkCacheError as exc:
         logger.warning("indexes not checked", extra={"error": str(exc)})
         return

@@ -16,7 +16,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 
 from bytemark_cache.adapters.mongo_indexes import IndexFinding, Role, check_indexes, ensure_indexes
-from bytemark_cache.adapters.mongo_store import store_errors
+from bytemark_cache.adapters.mongo_store import guard_filter, store_errors
 from bytemark_cache.domain.document import interpret_user_id
 from bytemark_cache.domain.model import CacheDocument, WriteGuard
 
@@ -116,10 +116,8 @@ class MongoMaintenanceStore:
 
     def delete_guarded(self, guard: WriteGuard) -> bool:
         """Delete the cache document while it is still as ``guard`` says; False when it changed or went."""
-        query: Document = {"_id": guard.document_id, **guard.fields}
-        query.update({name: {"$exists": False} for name in guard.missing})
         with store_errors("delete"):
-            return self._cache.delete_one(query).deleted_count == 1
+            return self._cache.delete_one(guard_filter(guard)).deleted_count == 1
 
     def record_migration(self, entry: Document) -> None:
         """Write one migration log entry under its ``_id`` (again replaces it: idempotent)."""

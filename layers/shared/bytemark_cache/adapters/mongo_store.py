@@ -39,6 +39,7 @@ from bytemark_cache.domain.model import (
     REVISION_FIELD,
     CacheDocument,
     SyncPlan,
+    WriteGuard,
 )
 from bytemark_cache.domain.plan import apply_plan
 from bytemark_cache.errors import ConcurrentModification, StoreError, UnstorableDocument
@@ -305,10 +306,16 @@ class MongoCacheStore:
 def update_statement(plan: SyncPlan) -> tuple[Document, Document]:
     """The filter and update document of an existing document's write (what goes over the wire)."""
     assert plan.guard is not None
-    guard = plan.guard
-    filter_: Document = {"_id": guard.document_id, **guard.fields}
-    filter_.update({name: {"$exists": False} for name in guard.missing})
-    return filter_, _update(plan, [entry.to_document() for entry in plan.log])
+    return guard_filter(plan.guard), _update(plan, [entry.to_document() for entry in plan.log])
+
+
+def guard_filter(guard: WriteGuard) -> Document:
+    """The filter that matches the document only while it is as ``guard`` read it."""
+    return {
+        "_id": guard.document_id,
+        **guard.fields,
+        **{name: {"$exists": False} for name in guard.missing},
+    }
 
 
 def _update(plan: SyncPlan, entries: list[Document]) -> Document:
