@@ -306,6 +306,16 @@ class FakeClock:
         self.current += seconds
 
 
+class RecordingSleep:
+    """Stands in for time.sleep: records every wait instead of waiting."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+
+
 def make_pass(
     uuid: str,
     *,

@@ -17,6 +17,7 @@ Isolation: every resource is named ``btc_test_…`` / ``btc-test-…`` and remov
 from __future__ import annotations
 
 import json
+import random
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -36,11 +37,13 @@ from pymongo.errors import PyMongoError
 from pymongo.monitoring import CommandFailedEvent, CommandListener, CommandStartedEvent, CommandSucceededEvent
 from pymysql.constants import CLIENT
 
+from bytemark_cache.adapters.bytemark_http import BytemarkHttpSource
 from bytemark_cache.adapters.mongo_indexes import ensure_indexes
 from bytemark_cache.adapters.mongo_store import MongoCacheStore, connect
 from bytemark_cache.config import Settings
 from bytemark_cache.errors import StoreError
-from bytemark_simulator import SimulatorServer
+from bytemark_simulator import AdminClient, SimulatorServer
+from tests.fakes import RecordingSleep
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "local" / "migrations"
 SERVER_TIMEOUT_MS = 3000
@@ -49,6 +52,7 @@ type MongoDatabase = "Database[dict[str, Any]]"
 type MySqlConnection = "pymysql.connections.Connection[Any]"
 type SeedToken = Callable[..., None]
 type RecordedCommand = tuple[str, dict[str, Any], int]
+type SourceFactory = Callable[..., BytemarkHttpSource]
 
 
 @dataclass(frozen=True)
@@ -371,6 +375,49 @@ def simulator(simulator_server: SimulatorServer) -> SimulatorServer:
     """The session's simulator, reset (no users, no faults, its own clock) for this test."""
     simulator_server.admin.reset()
     return simulator_server
+
+
+@pytest.fixture
+def sleeps() -> RecordingSleep:
+    """The waits of the sources ``source_factory`` makes (they never really sleep)."""
+    return RecordingSleep()
+
+
+@pytest.fixture
+def source_factory(
+    simulator: SimulatorServer, sleeps: RecordingSleep
+) -> Iterator[Callable[..., SourceFactory]]:
+    """``source_factory(**defaults)`` is a ``make_source(**overrides)``: BytemarkHttpSources on ``simulator``
+    (5 s timeout, pages of 50, at most 20, waits recorded in ``sleeps``, seeded jitter), ``defaults`` then
+    ``overrides`` winning; every source made is closed after the test."""
+    created: list[BytemarkHttpSource] = []
+
+    def with_defaults(**defaults: Any) -> SourceFactory:
+        def make_source(**overrides: Any) -> BytemarkHttpSource:
+            options: dict[str, Any] = {
+                "timeout_seconds": 5.0,
+                "page_size": 50,
+                "max_pages": 20,
+                "sleep": sleeps,
+                "rng": random.Random(3),
+                **defaults,
+                **overrides,
+            }
+            source = BytemarkHttpSource(simulator.url, **options)
+            created.append(source)
+            return source
+
+        return make_source
+
+    yield with_defaults
+    for source in created:
+        source.close()
+
+
+def user_request_counts(admin: AdminClient, user_id: int) -> tuple[int, int]:
+    """How many v1 and v4 requests the simulator answered for ``user_id``."""
+    per_user = admin.request_counts()["by_user"].get(str(user_id), {"v1": 0, "v4": 0})
+    return per_user["v1"], per_user["v4"]
 
 
 # -- The application's view -----------------------------------------------------------------------

@@ -8,10 +8,9 @@ memory) are printed with ``-s``.
 from __future__ import annotations
 
 import json
-import random
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,6 +19,8 @@ from bytemark_cache.adapters.bytemark_http import BytemarkHttpSource
 from bytemark_cache.domain.bounds import MAX_ANSWER_BYTES, MAX_FETCH_BYTES, MAX_PASSES_PER_LIST
 from bytemark_cache.errors import DeadlineExceeded, TokenRevoked, UpstreamError
 from bytemark_simulator import UNSTORABLE_PASS_VARIANTS, AdminClient, SimulatorServer
+from tests.fakes import RecordingSleep
+from tests.integration.conftest import SourceFactory, user_request_counts
 
 pytestmark = pytest.mark.integration
 
@@ -33,19 +34,6 @@ OVERSHOOT = 0.5
 """How much later than its deadline a call may return."""
 
 
-class RecordingSleep:
-    """Stands in for time.sleep: records every wait instead of waiting."""
-
-    def __init__(self) -> None:
-        self.calls: list[float] = []
-
-    def __call__(self, seconds: float) -> None:
-        self.calls.append(seconds)
-
-
-SourceFactory = Callable[..., BytemarkHttpSource]
-
-
 @pytest.fixture
 def admin(simulator: SimulatorServer) -> AdminClient:
     """The reset simulator's admin client, user 42 seeded with 3 current and 2 expired passes."""
@@ -54,36 +42,9 @@ def admin(simulator: SimulatorServer) -> AdminClient:
 
 
 @pytest.fixture
-def sleeps() -> RecordingSleep:
-    return RecordingSleep()
-
-
-@pytest.fixture
-def make_source(simulator: SimulatorServer, sleeps: RecordingSleep) -> Iterator[SourceFactory]:
-    created: list[BytemarkHttpSource] = []
-
-    def factory(**overrides: Any) -> BytemarkHttpSource:
-        options: dict[str, Any] = {
-            "timeout_seconds": 5.0,
-            "page_size": 50,
-            "max_pages": 20,
-            "max_retries": MAX_RETRIES,
-            "sleep": sleeps,
-            "rng": random.Random(3),
-            **overrides,
-        }
-        source = BytemarkHttpSource(simulator.url, **options)
-        created.append(source)
-        return source
-
-    yield factory
-    for source in created:
-        source.close()
-
-
-def _counts(admin: AdminClient) -> tuple[int, int]:
-    per_user = admin.request_counts()["by_user"].get(str(USER), {"v1": 0, "v4": 0})
-    return per_user["v1"], per_user["v4"]
+def make_source(source_factory: Callable[..., SourceFactory]) -> SourceFactory:
+    """Sources on the simulator retrying ``MAX_RETRIES`` times."""
+    return source_factory(max_retries=MAX_RETRIES)
 
 
 def _fetch_failing(source: BytemarkHttpSource, seconds: float = 10.0) -> tuple[UpstreamError, float]:
@@ -122,7 +83,7 @@ def test_a_bytemark_that_never_answers_costs_no_more_than_the_deadline(
     assert elapsed <= BUDGET + OVERSHOOT
     assert sleeps.calls == []
     # The deadline covers the whole call: on v4 the v1 list has used part of it already.
-    assert _counts(admin) == ((1, 0) if endpoint == "v1" else (1, 1))
+    assert user_request_counts(admin, USER) == ((1, 0) if endpoint == "v1" else (1, 1))
 
 
 def test_a_slow_drip_ends_with_the_deadline(
@@ -139,7 +100,7 @@ def test_a_slow_drip_ends_with_the_deadline(
     assert elapsed <= BUDGET + OVERSHOOT
     assert elapsed >= BUDGET - 0.1  # it did wait for the answer, as long as it was allowed to
     assert sleeps.calls == []
-    assert _counts(admin) == (1, 0)
+    assert user_request_counts(admin, USER) == (1, 0)
     assert source.requests_sent == 1
 
 
@@ -171,7 +132,7 @@ def test_a_slow_drip_is_cut_after_timeout_seconds_and_retried(
     assert "timed out" in str(error)
     assert 0.6 <= elapsed < 0.6 + OVERSHOOT
     assert len(sleeps.calls) == 1
-    assert _counts(admin) == (2, 0)
+    assert user_request_counts(admin, USER) == (2, 0)
 
 
 # --- memory: bombs and huge answers -------------------------------------------------------------------------
@@ -196,7 +157,7 @@ def test_a_one_gib_compression_bomb_is_refused_within_the_answer_bound(
     _assert_permanent(error, f"larger than MAX_ANSWER_BYTES={MAX_ANSWER_BYTES} bytes after decompression")
     assert peak < 2 * MAX_ANSWER_BYTES + 16 * MIB
     assert sleeps.calls == []
-    assert _counts(admin) == (1, 0)
+    assert user_request_counts(admin, USER) == (1, 0)
 
 
 def test_a_huge_body_is_refused_from_its_declared_length(
@@ -209,7 +170,7 @@ def test_a_huge_body_is_refused_from_its_declared_length(
     _assert_permanent(error, f"exceeds MAX_ANSWER_BYTES={MAX_ANSWER_BYTES}")
     assert elapsed < 1.0
     assert sleeps.calls == []
-    assert _counts(admin) == (1, 1)
+    assert user_request_counts(admin, USER) == (1, 1)
 
 
 def test_an_answer_of_exactly_max_answer_bytes_is_read_and_one_byte_more_is_not(
@@ -238,7 +199,7 @@ def test_the_decoded_bytes_of_one_fetch_are_bounded_across_both_lists(
 
     _assert_permanent(error, f"MAX_FETCH_BYTES={MAX_FETCH_BYTES}")
     assert "/v4.0/passes" in str(error)
-    assert _counts(admin) == (4, 3)
+    assert user_request_counts(admin, USER) == (4, 3)
     assert 6 * page_bytes <= MAX_FETCH_BYTES < 7 * page_bytes
 
 
@@ -248,7 +209,7 @@ def test_a_huge_list_is_refused(admin: AdminClient, make_source: SourceFactory) 
     error, _ = _fetch_failing(make_source())
 
     _assert_permanent(error, "MAX_ANSWER_BYTES")
-    assert _counts(admin) == (1, 0)
+    assert user_request_counts(admin, USER) == (1, 0)
 
 
 def test_a_list_longer_than_max_passes_per_list_is_refused_and_one_at_the_bound_is_not(
@@ -275,7 +236,7 @@ def test_a_pagination_loop_stops_at_max_pages(
     error, _ = _fetch_failing(make_source(page_size=50, max_pages=20))
 
     _assert_permanent(error, "more than max_pages=20 pages")
-    assert _counts(admin) == (20, 0)
+    assert user_request_counts(admin, USER) == (20, 0)
     assert sleeps.calls == []
 
 
@@ -289,7 +250,7 @@ def test_a_pagination_loop_of_big_pages_stops_at_max_passes_per_list(
 
     _assert_permanent(error, "MAX_PASSES_PER_LIST")
     expected_pages = MAX_PASSES_PER_LIST // 500 + 1
-    assert _counts(admin) == (expected_pages, 0)
+    assert user_request_counts(admin, USER) == (expected_pages, 0)
     assert source.requests_sent == expected_pages
 
 
@@ -304,7 +265,7 @@ def test_a_truncated_body_is_transient_and_retried(
     fetched = make_source().fetch_passes(TOKEN, 10)
 
     assert fetched.current == admin.passes(USER)["current"]
-    assert _counts(admin) == (2, 1)
+    assert user_request_counts(admin, USER) == (2, 1)
     assert len(sleeps.calls) == 1
 
 
@@ -317,7 +278,7 @@ def test_a_body_always_truncated_ends_in_a_transient_error(
 
     assert error.transient is True
     assert "cut short" in str(error)
-    assert _counts(admin) == (MAX_RETRIES + 1, 0)
+    assert user_request_counts(admin, USER) == (MAX_RETRIES + 1, 0)
     assert len(sleeps.calls) == MAX_RETRIES
 
 
@@ -330,7 +291,7 @@ def test_a_content_encoding_the_client_did_not_ask_for_is_permanent(
 
     _assert_permanent(error, "unsupported Content-Encoding 'br'")
     assert sleeps.calls == []
-    assert _counts(admin) == (1, 0)
+    assert user_request_counts(admin, USER) == (1, 0)
 
 
 _UNSTORABLE_VALUES: dict[str, tuple[str, Any]] = {

@@ -7,16 +7,16 @@ import logging
 import math
 import random
 import traceback
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 import requests
 from requests.adapters import HTTPAdapter
 
-from bytemark_cache.adapters.bytemark_http import BytemarkHttpSource
 from bytemark_cache.errors import DeadlineExceeded, TokenRevoked, UpstreamError
 from bytemark_simulator import AdminClient, SimulatorServer
+from tests.fakes import RecordingSleep
+from tests.integration.conftest import SourceFactory, user_request_counts
 
 pytestmark = pytest.mark.integration
 
@@ -27,19 +27,6 @@ BACKOFF_BASE = 0.2
 BACKOFF_CAP = 5.0
 
 
-class RecordingSleep:
-    """Stands in for time.sleep: records every wait instead of waiting."""
-
-    def __init__(self) -> None:
-        self.calls: list[float] = []
-
-    def __call__(self, seconds: float) -> None:
-        self.calls.append(seconds)
-
-
-SourceFactory = Callable[..., BytemarkHttpSource]
-
-
 @pytest.fixture
 def admin(simulator: SimulatorServer) -> AdminClient:
     """The admin client of the session's simulator (reset for this test by the ``simulator`` fixture)."""
@@ -47,43 +34,14 @@ def admin(simulator: SimulatorServer) -> AdminClient:
 
 
 @pytest.fixture
-def sleeps() -> RecordingSleep:
-    return RecordingSleep()
-
-
-@pytest.fixture
-def make_source(simulator: SimulatorServer, sleeps: RecordingSleep) -> Iterator[SourceFactory]:
-    created: list[BytemarkHttpSource] = []
-
-    def factory(**overrides: Any) -> BytemarkHttpSource:
-        options: dict[str, Any] = {
-            "timeout_seconds": 5.0,
-            "page_size": 50,
-            "max_pages": 20,
-            "max_retries": MAX_RETRIES,
-            "backoff_base": BACKOFF_BASE,
-            "backoff_cap": BACKOFF_CAP,
-            "sleep": sleeps,
-            "rng": random.Random(3),
-            **overrides,
-        }
-        source = BytemarkHttpSource(simulator.url, **options)
-        created.append(source)
-        return source
-
-    yield factory
-    for source in created:
-        source.close()
+def make_source(source_factory: Callable[..., SourceFactory]) -> SourceFactory:
+    """Sources on the simulator with this file's retry and backoff settings."""
+    return source_factory(max_retries=MAX_RETRIES, backoff_base=BACKOFF_BASE, backoff_cap=BACKOFF_CAP)
 
 
 def _deadline(seconds: float = 10.0) -> float:
     """The whole fetch's time budget in seconds."""
     return seconds
-
-
-def _counts(admin: AdminClient, user_id: int = USER) -> tuple[int, int]:
-    per_user = admin.request_counts()["by_user"].get(str(user_id), {"v1": 0, "v4": 0})
-    return per_user["v1"], per_user["v4"]
 
 
 def _assert_secret_free(exc: BaseException) -> None:
@@ -113,7 +71,7 @@ def test_every_page_of_both_lists_is_followed(
     assert fetched.current == expected["current"]
     assert fetched.expired == expected["expired"]
     # Exactly the pages needed: no call after the last page (next is null there).
-    assert _counts(admin) == (math.ceil(7 / page_size), math.ceil(5 / page_size))
+    assert user_request_counts(admin, USER) == (math.ceil(7 / page_size), math.ceil(5 / page_size))
 
 
 def test_empty_lists_take_one_request_each(admin: AdminClient, make_source: SourceFactory) -> None:
@@ -122,7 +80,7 @@ def test_empty_lists_take_one_request_each(admin: AdminClient, make_source: Sour
     fetched = make_source().fetch_passes(TOKEN, _deadline())
 
     assert (fetched.current, fetched.expired) == ([], [])
-    assert _counts(admin) == (1, 1)
+    assert user_request_counts(admin, USER) == (1, 1)
 
 
 def test_empty_object_pagination_ends_the_list(admin: AdminClient, make_source: SourceFactory) -> None:
@@ -132,7 +90,7 @@ def test_empty_object_pagination_ends_the_list(admin: AdminClient, make_source: 
 
     expected = admin.passes(USER)
     assert (fetched.current, fetched.expired) == (expected["current"], expected["expired"])
-    assert _counts(admin) == (1, 1)
+    assert user_request_counts(admin, USER) == (1, 1)
 
 
 def test_exactly_max_pages_is_still_fine(admin: AdminClient, make_source: SourceFactory) -> None:
@@ -141,7 +99,7 @@ def test_exactly_max_pages_is_still_fine(admin: AdminClient, make_source: Source
     fetched = make_source(page_size=2, max_pages=3).fetch_passes(TOKEN, _deadline())
 
     assert fetched.current == admin.passes(USER)["current"]
-    assert _counts(admin) == (3, 1)
+    assert user_request_counts(admin, USER) == (3, 1)
 
 
 def test_more_than_max_pages_fails_instead_of_truncating(
@@ -153,7 +111,7 @@ def test_more_than_max_pages_fails_instead_of_truncating(
         make_source(page_size=2, max_pages=3).fetch_passes(TOKEN, _deadline())
 
     assert info.value.transient is False
-    assert _counts(admin) == (3, 0)
+    assert user_request_counts(admin, USER) == (3, 0)
     _assert_secret_free(info.value)
 
 
@@ -167,7 +125,7 @@ def test_one_session_reuses_its_connection_across_pages_and_calls(
     source.fetch_passes(TOKEN, _deadline())
     source.fetch_passes(TOKEN, _deadline())
 
-    assert _counts(admin) == (6, 6)
+    assert user_request_counts(admin, USER) == (6, 6)
     adapter = session.get_adapter(simulator.url)
     assert isinstance(adapter, HTTPAdapter)
     pools = adapter.poolmanager.pools
@@ -193,7 +151,7 @@ def test_duplicate_uuids_across_pages_keep_the_latest_modification(
 
     fetched = make_source(page_size=2).fetch_passes(TOKEN, _deadline())
 
-    assert _counts(admin) == (3, 2)
+    assert user_request_counts(admin, USER) == (3, 2)
     assert fetched.current == [newer_first, second, *seeded["current"][2:]]
     assert fetched.expired == [expired_dup, seeded["expired"][0], seeded["expired"][1]]
 
@@ -231,7 +189,7 @@ def test_server_errors_below_the_retry_budget_succeed(
     fetched = make_source().fetch_passes(TOKEN, _deadline())
 
     assert fetched.current == admin.passes(USER)["current"]
-    assert _counts(admin) == (MAX_RETRIES, 1)
+    assert user_request_counts(admin, USER) == (MAX_RETRIES, 1)
     assert len(sleeps.calls) == MAX_RETRIES - 1
     _assert_within_backoff(sleeps.calls)
 
@@ -249,7 +207,7 @@ def test_server_errors_beyond_the_retry_budget_are_transient(
     assert info.value.transient is True
     assert not isinstance(info.value, TokenRevoked)
     assert "HTTP 5" in str(info.value)
-    assert _counts(admin) == (MAX_RETRIES + 1, 0)
+    assert user_request_counts(admin, USER) == (MAX_RETRIES + 1, 0)
     assert len(sleeps.calls) == MAX_RETRIES
     _assert_within_backoff(sleeps.calls)
     _assert_secret_free(info.value)
@@ -262,7 +220,7 @@ def test_a_timeout_is_retried(admin: AdminClient, make_source: SourceFactory, sl
     fetched = make_source(timeout_seconds=0.3).fetch_passes(TOKEN, _deadline())
 
     assert fetched.current == admin.passes(USER)["current"]
-    assert _counts(admin) == (2, 1)
+    assert user_request_counts(admin, USER) == (2, 1)
     assert len(sleeps.calls) == 1
 
 
@@ -276,7 +234,7 @@ def test_persistent_timeouts_end_in_a_transient_error(
         make_source(timeout_seconds=0.3, max_retries=1).fetch_passes(TOKEN, _deadline())
 
     assert info.value.transient is True
-    assert _counts(admin) == (2, 0)
+    assert user_request_counts(admin, USER) == (2, 0)
     assert len(sleeps.calls) == 1
     _assert_secret_free(info.value)
 
@@ -290,7 +248,7 @@ def test_a_connection_reset_is_retried(
     fetched = make_source().fetch_passes(TOKEN, _deadline())
 
     assert fetched.expired == admin.passes(USER)["expired"]
-    assert _counts(admin) == (1, 3)
+    assert user_request_counts(admin, USER) == (1, 3)
     assert len(sleeps.calls) == 2
 
 
@@ -302,7 +260,7 @@ def test_persistent_resets_end_in_a_transient_error(admin: AdminClient, make_sou
         make_source().fetch_passes(TOKEN, _deadline())
 
     assert info.value.transient is True
-    assert _counts(admin) == (MAX_RETRIES + 1, 0)
+    assert user_request_counts(admin, USER) == (MAX_RETRIES + 1, 0)
     _assert_secret_free(info.value)
 
 
@@ -316,7 +274,7 @@ def test_rate_limit_waits_exactly_retry_after(
 
     assert fetched.current == admin.passes(USER)["current"]
     assert sleeps.calls == [2.0]
-    assert _counts(admin) == (2, 1)
+    assert user_request_counts(admin, USER) == (2, 1)
 
 
 def test_persistent_rate_limit_is_transient_and_carries_retry_after(
@@ -331,7 +289,7 @@ def test_persistent_rate_limit_is_transient_and_carries_retry_after(
     assert info.value.transient is True
     assert info.value.retry_after == 1.0
     assert sleeps.calls == [1.0] * MAX_RETRIES
-    assert _counts(admin) == (MAX_RETRIES + 1, 0)
+    assert user_request_counts(admin, USER) == (MAX_RETRIES + 1, 0)
 
 
 def test_retry_after_beyond_the_cap_fails_fast(
@@ -346,7 +304,7 @@ def test_retry_after_beyond_the_cap_fails_fast(
     assert info.value.transient is True
     assert info.value.retry_after == 120.0
     assert sleeps.calls == []
-    assert _counts(admin) == (1, 0)
+    assert user_request_counts(admin, USER) == (1, 0)
 
 
 class _TopOfWindow(random.Random):
@@ -369,7 +327,7 @@ def test_a_backoff_that_would_end_after_the_deadline_is_never_started(
     assert info.value.transient is True
     assert "HTTP 500" in str(info.value)
     assert sleeps.calls == []
-    assert _counts(admin) == (1, 0)
+    assert user_request_counts(admin, USER) == (1, 0)
     _assert_secret_free(info.value)
 
 
@@ -386,7 +344,7 @@ def test_retry_after_longer_than_the_time_left_fails_fast(
     assert not isinstance(info.value, DeadlineExceeded)
     assert info.value.retry_after == 3.0
     assert sleeps.calls == []
-    assert _counts(admin) == (1, 0)
+    assert user_request_counts(admin, USER) == (1, 0)
 
 
 def test_requests_sent_counts_every_attempt_of_every_page(
@@ -412,7 +370,7 @@ def test_latency_below_the_timeout_is_no_failure(
     fetched = make_source(timeout_seconds=2.0).fetch_passes(TOKEN, _deadline())
 
     assert fetched.current == admin.passes(USER)["current"]
-    assert _counts(admin) == (1, 1)
+    assert user_request_counts(admin, USER) == (1, 1)
     assert sleeps.calls == []
 
 
@@ -445,7 +403,7 @@ def test_malformed_json_is_permanent_and_not_retried(
         make_source().fetch_passes(TOKEN, _deadline())
 
     assert info.value.transient is False
-    assert _counts(admin) == (1, 0)
+    assert user_request_counts(admin, USER) == (1, 0)
     assert sleeps.calls == []
     _assert_secret_free(info.value)
 
@@ -470,7 +428,7 @@ def test_schema_breaks_are_permanent_and_not_retried(
     assert info.value.transient is False
     assert reason in str(info.value)
     assert "/passes" in str(info.value)
-    assert _counts(admin) == (1, 0)
+    assert user_request_counts(admin, USER) == (1, 0)
     assert sleeps.calls == []
     _assert_secret_free(info.value)
 
@@ -486,7 +444,7 @@ def test_other_4xx_is_permanent_and_not_retried(
 
     assert info.value.transient is False
     assert not isinstance(info.value, TokenRevoked)
-    assert _counts(admin) == (1, 0)
+    assert user_request_counts(admin, USER) == (1, 0)
     assert sleeps.calls == []
 
 
@@ -530,7 +488,7 @@ def test_error_50020_with_http_200_is_token_revoked(
     with pytest.raises(TokenRevoked) as info:
         make_source().fetch_passes(TOKEN, _deadline())
 
-    assert _counts(admin) == expected_counts
+    assert user_request_counts(admin, USER) == expected_counts
     assert sleeps.calls == []
     _assert_secret_free(info.value)
 
@@ -547,7 +505,7 @@ def test_v1_fine_but_v4_failing_returns_nothing(admin: AdminClient, make_source:
 
     assert info.value.transient is True
     assert "/v4.0/passes" in str(info.value)
-    assert _counts(admin) == (1, MAX_RETRIES + 1)
+    assert user_request_counts(admin, USER) == (1, MAX_RETRIES + 1)
 
 
 def test_a_bad_pass_on_a_later_page_returns_nothing(admin: AdminClient, make_source: SourceFactory) -> None:
@@ -559,7 +517,7 @@ def test_a_bad_pass_on_a_later_page_returns_nothing(admin: AdminClient, make_sou
         make_source(page_size=2).fetch_passes(TOKEN, _deadline())
 
     assert info.value.transient is False
-    assert _counts(admin) == (3, 0)
+    assert user_request_counts(admin, USER) == (3, 0)
 
 
 def test_source_repr_never_shows_the_token(admin: AdminClient, make_source: SourceFactory) -> None:

@@ -5,34 +5,20 @@ These need no server: they check the entry point, the lazy wiring and the exit c
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.integration.console import console
+
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_SECONDS = 60
 
 
-# The console script pyproject.toml declares, installed into the venv by scripts/setup.sh.
-CONSOLE_SCRIPT = Path(sys.executable).parent / "bytemark-cache"
-
-
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """Run the CLI with exactly ``env`` plus PATH: no PYTHONPATH, the installed script must suffice."""
-    return subprocess.run(
-        [str(CONSOLE_SCRIPT), *args],
-        cwd=REPO,
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_SECONDS,
-        check=False,
-    )
+    """The console script run with exactly ``env`` plus PATH, within ``TIMEOUT_SECONDS``."""
+    return console(*args, env=env, timeout=TIMEOUT_SECONDS)
 
 
 def test_help_works_without_any_configuration() -> None:

@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -33,7 +29,15 @@ from bytemark_cache.domain.deadline import Deadline
 from bytemark_cache.domain.document import read_cache
 from bytemark_cache_ops.cli import main
 from tests.integration.conftest import CommandRecorder, unique_id
-from tests.legacy.fixtures import LegacyFixtures, LegacyFixturesError, Shape, serve_truth, shared_fixtures
+from tests.integration.console import console
+from tests.legacy.fixtures import (
+    LegacyFixtures,
+    LegacyFixturesError,
+    Shape,
+    serve_truth,
+    shared_fixtures,
+    typed,
+)
 
 if TYPE_CHECKING:
     from bytemark_simulator import SimulatorServer
@@ -41,8 +45,6 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.integration
 
-CONSOLE_SCRIPT = Path(sys.executable).parent / "bytemark-cache"
-REPO = Path(__file__).resolve().parents[2]
 WRITE_COMMANDS = frozenset({"insert", "update", "delete", "findAndModify", "createIndexes", "create", "drop"})
 
 SHAPE_NAMES: dict[Shape, str | None] = {
@@ -150,15 +152,6 @@ def stack(
     finally:
         tokens.close()
         database.client.close()
-
-
-def typed(value: Any) -> Any:
-    """``value`` with every scalar tagged by its exact type and every mapping as its ordered items."""
-    if isinstance(value, dict):
-        return ("dict", [(key, typed(item)) for key, item in value.items()])
-    if isinstance(value, list):
-        return ("list", [typed(item) for item in value])
-    return (type(value).__name__, value)
 
 
 def expected_shape_counts(legacy: LegacyFixtures) -> Counter[str]:
@@ -437,18 +430,6 @@ def test_ensure_indexes_blocked_by_duplicates_says_run_migrate_first(
 
 
 # -- the installed console script -----------------------------------------------------------------
-
-
-def console(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(CONSOLE_SCRIPT), *args],
-        cwd=REPO,
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_the_console_script_runs_doctor_and_migrate_on_the_settings(

@@ -31,6 +31,7 @@ from tests.legacy.fixtures import (
     generate,
     load,
     serve_truth,
+    typed,
 )
 
 if TYPE_CHECKING:
@@ -259,15 +260,6 @@ DETECTORS: dict[Shape, Detector] = {
     Shape.ELEMENT_STATUS_MISSING: element_status_missing,
     Shape.PASSES4_MISSING: passes4_missing,
 }
-
-
-def typed(value: Any) -> Any:
-    """``value`` with every scalar tagged by its exact type and every mapping as its ordered items."""
-    if isinstance(value, dict):
-        return ("dict", [(key, typed(item)) for key, item in value.items()])
-    if isinstance(value, list):
-        return ("list", [typed(item) for item in value])
-    return (type(value).__name__, value)
 
 
 # -- the tests ------------------------------------------------------------------------------------

@@ -214,6 +214,15 @@ def serve_truth(admin: Any, user: LegacyUser) -> None:
         admin.put_pass(user.user_id, wire, "expired", replace=False)
 
 
+def typed(value: Any) -> Any:
+    """``value`` with every scalar tagged by its exact type and every mapping as its ordered items."""
+    if isinstance(value, dict):
+        return ("dict", [(key, typed(item)) for key, item in value.items()])
+    if isinstance(value, list):
+        return ("list", [typed(item) for item in value])
+    return (type(value).__name__, value)
+
+
 def node_executable() -> str:
     """The ``node`` on PATH, or LegacyFixturesError saying how to get one."""
     node = shutil.which("node")
