@@ -26,9 +26,10 @@ import bson
 from bench.daysim_core import EventLoop, Meter, PolicyResult, Recorder, ShownAt, in_window, marks
 from bench.daysim_riders import T0, T_END, TIMEZONE, Rider
 from bench.daysim_truth import Truth, requests_for, response_bytes
-from bytemark_cache.domain.expiry import effective_status
+from bytemark_cache.domain.expiry import DEFAULT_DAY_PASS_LABEL, effective_status
 
-DAY_PASS_LABEL = "Day Pass"
+DAY_PASS_LABEL = DEFAULT_DAY_PASS_LABEL
+"""The apps of (a)-(c) apply the service's default day-pass rule, as (d) and (e) do."""
 NODE_REFRESH_SPREAD_SECONDS = 300
 """The Node service's hourly refresh walks every user; its syncs spread over the first minutes of the hour."""
 HTTP_CACHE_TTL_SECONDS = 3600

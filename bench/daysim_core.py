@@ -90,7 +90,6 @@ class Recorder:
     def __init__(self, truth: Truth, result: PolicyResult) -> None:
         self.truth = truth
         self.result = result
-        self.opens: list[tuple[float, int]] = []
 
     def open(
         self,
@@ -161,7 +160,6 @@ class EventLoop:
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, str, Any]] = []
         self._sequence = itertools.count()
-        self.now = 0.0
 
     def at(self, t: float, kind: str, data: Any = None) -> None:
         heapq.heappush(self._heap, (t, next(self._sequence), kind, data))
@@ -170,7 +168,6 @@ class EventLoop:
         """Handle every event before ``until`` (events may schedule more)."""
         while self._heap and self._heap[0][0] < until:
             t, _, kind, data = heapq.heappop(self._heap)
-            self.now = t
             handle(t, kind, data)
 
 

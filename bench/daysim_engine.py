@@ -16,9 +16,9 @@ import contextlib
 import dataclasses
 import json
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from bench.daysim_adapters import FastCacheStore, SimQueue, TimedTokens, TruthSource
@@ -56,9 +56,9 @@ class EngineConfig:
     warmup: float
     """The run starts this long before the window."""
     initial_spread: float
-    """Each cache was last synced at a random time this long (with ``active_start``: at least the dormant
-    floor) before the run starts, or (``active_start``) at the rider's last app event in the day before the
-    start, as a sync the rider caused (``active_at``)."""
+    """Each cache was last synced at a random time this long before the run starts; with ``active_start``
+    instead over one dormant floor, or at the rider's last app event in the day before the start, as a sync
+    the rider caused (``active_at``)."""
     active_start: bool = False
     env: Mapping[str, str] = field(default_factory=dict)
     constants: Mapping[str, int] = field(default_factory=dict)
@@ -71,7 +71,7 @@ BEFORE = EngineConfig(
     "d",
     "bundle before this issue",
     refresh_behind=False,
-    scans=(("stale", 3600, 0),),
+    scans=(("stale", 3600, 0), ("missing", 86400, 900)),
     warmup=2 * 3600,
     initial_spread=3600,
 )
@@ -79,9 +79,9 @@ NEW = EngineConfig(
     "e",
     "new policy (shipped constants)",
     refresh_behind=True,
-    scans=(("due", 300, 0), ("missing", 86400, 1800)),
+    scans=(("due", 300, 0), ("missing", 86400, 900)),
     warmup=12 * 3600,
-    initial_spread=24 * 3600,
+    initial_spread=0,
     active_start=True,
 )
 
@@ -159,9 +159,7 @@ def _run(truth: Truth, config: EngineConfig, seed: int) -> PolicyResult:
     initial = []
     # In a steady state the floor's syncs are spread over one floor period: a spread shorter than the floor
     # would leave the window without the floor syncs it owes.
-    spread = config.initial_spread
-    if config.active_start:
-        spread = max(spread, freshness.DORMANT_FLOOR_SECONDS)
+    spread = freshness.DORMANT_FLOOR_SECONDS if config.active_start else config.initial_spread
     for user_id, rider in truth.riders.items():
         at, reason = start - rng.uniform(0, spread), "backfill"
         if config.active_start:
@@ -180,17 +178,18 @@ def _run(truth: Truth, config: EngineConfig, seed: int) -> PolicyResult:
         for mark in marks(start, T_END, period, offset):
             loop.at(mark, "scan", mode)
 
-    def shown_at(cache: StoredCache, t: float, now_state: State) -> Any:
-        elements = [*cache.passes, *cache.history]
+    def shown_by_view(cache: StoredCache, stale: bool, refreshing: bool) -> Callable[[float], State]:
+        """What the app shows of ``cache`` at any instant: the API's own body (``tickets_body``)."""
 
         def at(moment: float) -> State:
-            if moment == t:
-                return now_state
-            when = datetime.fromtimestamp(moment, UTC)
-            statuses = (
-                (e["pass_uuid"], effective_status(e, when, day_pass_label=label, tz=zone)) for e in elements
+            body = tickets_body(
+                cache, now=moment, stale=stale, refreshing=refreshing, day_pass_label=label, timezone=zone
             )
-            return frozenset((uuid, status) for uuid, status in statuses if status != "EXPIRED")
+            return frozenset(
+                (e["pass_uuid"], e["effective_status"])
+                for e in [*body["passes"], *body["passes4"]]
+                if e["effective_status"] != "EXPIRED"
+            )
 
         return at
 
@@ -204,24 +203,11 @@ def _run(truth: Truth, config: EngineConfig, seed: int) -> PolicyResult:
             result.count(f"open failed: {type(exc).__name__}", int(in_window(t)))
             return
         result.count(f"open: {answer.source}", int(in_window(t)))
-        body = tickets_body(
-            answer.cache,
-            now=t,
-            stale=answer.stale,
-            refreshing=answer.source == "refresh_queued",
-            day_pass_label=label,
-            timezone=zone,
-        )
-        state = frozenset(
-            (e["pass_uuid"], e["effective_status"])
-            for e in [*body["passes"], *body["passes4"]]
-            if e["effective_status"] != "EXPIRED"
-        )
         recorder.open(
             user_id,
             t,
             waited=answer.source not in NO_WAIT_SOURCES,
-            shown=shown_at(answer.cache, t, state),
+            shown=shown_by_view(answer.cache, answer.stale, answer.source == "refresh_queued"),
             synced_at=answer.cache.synced_at,
             why=why,
         )

@@ -15,6 +15,7 @@ from bench.daysim_core import PolicyResult
 from bench.daysim_riders import T0, T_END, Rider
 from bench.daysim_text import METHOD
 from bench.daysim_truth import PAGE_SIZE, Truth
+from bytemark_cache.domain import freshness
 
 START_MARKER = "<!-- bench-day:start -->"
 END_MARKER = "<!-- bench-day:end -->"
@@ -359,8 +360,8 @@ def choosing(results: dict[str, PolicyResult]) -> list[str]:
         "one made in it, which the queue brings at once. A 72 h floor (e4) saves "
         f"{100 * (1 - per_day(long_floor) / per_day(e)):.0f} % more, but a change made outside the app then "
         f"waits up to {_age(long_floor.worst_age)} for its rider's open. The shipped constants keep (e) at "
-        f"10x fewer requests than (a) ({per_day(a) / per_day(e):.1f}x here, a thin margin) with stale opens "
-        "under 2 % and every cache synced within two days.",
+        f"{per_day(a) / per_day(e):.1f}x fewer requests than (a) with {_share(e.stale, e.opens)} stale "
+        f"opens, and every cache synced within {freshness.DORMANT_FLOOR_SECONDS // 3600} h.",
         "",
         "The price is paid at the stop: on the opens before a trip (e) shows "
         f"{e.counts.get('stale: trip', 0):,} stale states where (a) shows {a.counts.get('stale: trip', 0):,} "

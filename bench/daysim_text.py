@@ -57,9 +57,10 @@ Interpretations:
   assumes Bytemark's answers carry no `Vary: Authorization`.
 - **(d)** is the real services with `check_with_ttl(..., refresh_behind=False)`, `scan("stale")` at every
   local hour, purchases and activations through the queue; **(e)** the real services with
-  `check_with_ttl(...)`, `scan("due")` every 5 minutes and `scan("missing")` daily at 03:30; for both, the
-  queue consumer does what `user_updates` does (`mark_activation`, then `sync(reason)`), all on one
-  `FakeClock`, with in-process adapters (`bench/daysim_adapters.py`) under the ports' contracts.
+  `check_with_ttl(...)`, `scan("due")` every 5 minutes; both run `scan("missing")` daily at 03:15 (the
+  template's schedules). For both the queue consumer does what `user_updates` does (`mark_activation`, then
+  `sync(reason)`), all on one `FakeClock`, with in-process adapters (`bench/daysim_adapters.py`) under the
+  ports' contracts.
 - **Warm-up**: figures count only the 24 h window. (a), (a') and (d) start 2 h before it with every cache
   synced at a random time in the hour before; (c) starts empty an hour before; (e) starts 12 h before, each
   cache as the previous day left it (synced at the rider's last app event of the preceding 24 h, as a sync
