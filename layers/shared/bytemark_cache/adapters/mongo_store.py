@@ -336,7 +336,7 @@ def _update(plan: SyncPlan, entries: list[Document]) -> Document:
         )
     set_fields.update(plan.fields)
     set_fields[REVISION_FIELD] = plan.revision
-    unset = dict.fromkeys(plan.unset, "")
+    unset: Document = {}
     if entries:
         set_fields[PENDING_LOG_FIELD] = entries
     else:

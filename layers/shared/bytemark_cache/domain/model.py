@@ -133,8 +133,8 @@ class SyncPlan:
     """One write: the array changes, the document fields to set, and the change-log entries.
 
     ``guard`` None means there is no document and the plan creates one. ``fields`` holds the top-level
-    fields to set (``timestamp``, ``next_sync_at``, a normalised ``user_id`` …) and ``unset`` the ones to
-    remove; ``revision`` is the revision the write produces. ``log`` is this write's change-log entries;
+    fields to set (``timestamp``, ``next_sync_at``, a normalised ``user_id`` …); ``revision`` is the
+    revision the write produces. ``log`` is this write's change-log entries;
     ``carried_log`` the entries an earlier write left in ``log_pending`` (written again, idempotently).
     """
 
@@ -146,7 +146,6 @@ class SyncPlan:
     fields: dict[str, Any]
     log: list[LogEntry]
     carried_log: list[LogEntry] = field(default_factory=list)
-    unset: tuple[str, ...] = ()
 
     @property
     def creates(self) -> bool:

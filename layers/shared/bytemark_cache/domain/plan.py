@@ -553,8 +553,6 @@ def apply_plan(stored: CacheDocument | None, plan: SyncPlan) -> CacheDocument:
         array.extend(changes.appended)
         document[changes.name] = array
     document.update(plan.fields)
-    for name in plan.unset:
-        document.pop(name, None)
     document[REVISION_FIELD] = plan.revision
     return document
 
