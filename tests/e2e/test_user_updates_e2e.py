@@ -167,8 +167,10 @@ def test_a_purchase_message_puts_the_new_pass_in_mongodb(
     # Every sync plans the next one; a purchase makes the rider active.
     assert before_sync <= document["active_at"] <= int(time.time())
     assert document["timestamp"] < document["next_sync_at"] <= document["timestamp"] + 86400
-    # The other passes are untouched: same hash, same element timestamp.
+    # The other passes are untouched: all still there (beside the new one), same hash, same element timestamp.
     before = {item["pass_uuid"]: item for item in built["passes"]}
+    assert before, "the built cache held no pass to compare"
+    assert {item["pass_uuid"] for item in document["passes"]} == set(before) | {bought["uuid"]}
     for item in document["passes"]:
         if item["pass_uuid"] in before:
             assert item["payload_hash"] == before[item["pass_uuid"]]["payload_hash"]
@@ -433,9 +435,7 @@ def test_a_transient_failure_hides_its_message_for_the_redelivery_delay_which_gr
         # Received as Lambda's poller would, but held far longer (2 minutes) than the delay to come.
         [message] = receive(sqs, queues.url, visibility_timeout=120)
         assert message["Attributes"]["ApproximateReceiveCount"] == "1"
-        arn = sqs.get_queue_attributes(QueueUrl=queues.url, AttributeNames=["QueueArn"])["Attributes"][
-            "QueueArn"
-        ]
+        arn = queue_arn(sqs, queues.url)
 
         assert failed_ids(functions, sqs_event([message], arn, "us-east-1")) == [message_id]
         answered = time.monotonic()

@@ -37,7 +37,7 @@ from pymongo.database import Database
 from bytemark_cache.adapters.bytemark_http import BytemarkHttpSource
 from bytemark_cache.adapters.mongo_indexes import ensure_indexes
 from bytemark_cache.adapters.mysql_tokens import MySqlTokenStore
-from bytemark_cache.bootstrap import Services
+from bytemark_cache.bootstrap import Services, indexed_collections
 from bytemark_cache.config import Settings
 from bytemark_cache.domain.bounds import MAX_ANSWER_BYTES
 from bytemark_cache.domain.deadline import Deadline
@@ -64,7 +64,6 @@ from tests.reliability.rig import (
     call_backfill,
     call_updates,
     clear_collections,
-    collections_of,
     delete_queues,
     document_of,
     expected_lists,
@@ -192,7 +191,7 @@ def matrix(
         BYTEMARK_MAX_PAGES="8",
         UPDATE_QUEUE_URL="",
     )
-    ensure_indexes(database, collections_of(settings))  # type: ignore[arg-type]
+    ensure_indexes(database, indexed_collections(settings))
     source = BytemarkHttpSource(
         settings.bytemark_api_url,
         timeout_seconds=settings.bytemark_timeout_seconds,

@@ -346,6 +346,10 @@ def test_sync_follows_a_model_of_bytemark(
         f"\n{sum(v for k, v in steps.items() if k != 'examples')} steps in {steps['examples']} examples, "
         f"{time.monotonic() - started:.1f}s: {dict(sorted(steps.items()))}"
     )
+    # Every kind of failure was met by a sync (it failed) or a check (it served the cache stale) at least
+    # once: a run whose rules never reached one proved nothing about it (raise MODEL_EXAMPLES if so).
+    met = {name: steps[f"failed sync: {name}"] + steps[f"stale check: {name}"] for name in FAILURES}
+    assert [name for name, count in met.items() if count == 0] == [], met
 
 
 def test_an_activation_bytemark_never_confirms_is_undone_by_the_next_sync(

@@ -78,15 +78,6 @@ def with_collections(settings: Settings, suffix: str, **changes: Any) -> Setting
     )
 
 
-def collections_of(settings: Settings) -> dict[str, str]:
-    """The roles ``ensure_indexes`` takes."""
-    return {
-        "cache": settings.cache_collection,
-        "log": settings.log_collection,
-        "claims": settings.claim_collection,
-    }
-
-
 def services_on(
     settings: Settings,
     *,

@@ -36,7 +36,7 @@ from typing import Any
 import pytest
 
 from bytemark_cache.adapters.mongo_indexes import ensure_indexes
-from bytemark_cache.bootstrap import build_services
+from bytemark_cache.bootstrap import build_services, indexed_collections
 from bytemark_cache.config import Settings
 from bytemark_cache.domain.deadline import Deadline
 from bytemark_cache.errors import BytemarkCacheError
@@ -48,7 +48,6 @@ from tests.reliability.rig import (
     assert_log_replays,
     call_api,
     call_backfill,
-    collections_of,
     drain,
     queue_counts,
     snapshot,
@@ -142,7 +141,7 @@ def test_soak(
             "PASSES4_LIMIT": "1000",
         }
     )
-    ensure_indexes(database, collections_of(settings))  # type: ignore[arg-type]
+    ensure_indexes(database, indexed_collections(settings))
     users = list(range(20_001, 20_001 + knobs.users))
     with soak_resources["mysql"].cursor() as cursor:
         cursor.executemany(

@@ -681,7 +681,7 @@ def test_package_warnings_go_to_the_given_stderr_only_while_the_command_runs(wor
     assert logging.getLogger("bytemark_cache").handlers == handlers_before
 
 
-def test_the_error_table_is_the_only_place_exit_codes_come_from() -> None:
+def test_the_error_table_has_the_documented_exit_codes_and_is_looked_up_by_subclass() -> None:
     # Every exit code of the table's rules is one the epilog documents, and a subclass finds its parent.
     assert {rule.code for rule in ERRORS.values()} == {1, 2, 3, 4, 5, 6, 7, 130}
     assert describe_error(ConcurrentModification("x"))[1] == describe_error(StoreError("x"))[1]
@@ -1214,7 +1214,7 @@ def test_migrate_skips_what_it_cannot_converge() -> None:
     assert world.cache.documents["e-odd"]["passes"] == "not a list"
 
 
-def test_ensure_indexes_creates_what_is_missing(world: FakeWorld) -> None:
+def test_ensure_indexes_prints_each_index_status_the_store_reports_and_exits_0(world: FakeWorld) -> None:
     store = InMemoryMaintenance(world.cache, present=["user_id_unique"])
 
     result = run(["ensure-indexes"], world.services, maintenance=store)
@@ -1230,7 +1230,7 @@ def test_ensure_indexes_creates_what_is_missing(world: FakeWorld) -> None:
     }
 
 
-def test_ensure_indexes_blocked_by_duplicates_says_to_migrate_first() -> None:
+def test_ensure_indexes_explains_a_failed_unique_index_by_the_duplicates_and_exits_7() -> None:
     world, store = legacy_world()
 
     result = run(["ensure-indexes", "--json"], world.services, maintenance=store)

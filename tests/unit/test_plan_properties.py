@@ -4,7 +4,8 @@ Stored documents mix well-formed elements in and out of order, repeated uuids, m
 Node service's legacy keys; fresh answers overlap the stored uuids, move passes between the lists, repeat
 uuids and change payloads. For all of them the applied plan is exactly what the contract (§6) says, the log
 names each created, updated or removed pass once, a second sync of the same answer changes nothing, and an
-in-place plan written the way MongoDB applies ``$set`` paths gives the same document as ``apply_plan``.
+in-place plan, as the store's own update statement applied the way MongoDB applies it, gives the same
+document as ``apply_plan``.
 
 Examples are derandomized and few (the unit suite stays fast); set ``PLAN_PROPERTY_EXAMPLES`` for a longer
 hunt, e.g. ``PLAN_PROPERTY_EXAMPLES=5000 pytest tests/unit/test_plan_properties.py``.
@@ -20,11 +21,13 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bytemark_cache.adapters.mongo_store import update_statement
 from bytemark_cache.domain.document import normalise_element, read_cache
 from bytemark_cache.domain.hashing import payload_hash
 from bytemark_cache.domain.model import (
     CURRENT,
     HISTORY,
+    PENDING_LOG_FIELD,
     REVISION_FIELD,
     CacheDocument,
     Element,
@@ -365,30 +368,27 @@ def _mongo_set(document: dict[str, Any], path: str, value: Any) -> None:
 
 
 def store_apply(stored: CacheDocument | None, plan: SyncPlan) -> CacheDocument:
-    """The document after the write, the way the MongoDB store issues it: an insert for a build, else
-    one ``$set`` of whole arrays, positional fields at their index and appends from ``stored_length``."""
+    """The document after the write, the way the MongoDB store issues it: an insert for a build, else the
+    store's own update statement (``update_statement``: one ``$set`` of whole arrays, positional fields at
+    their index and appends from ``stored_length``, and an ``$unset``) applied as MongoDB applies it. The
+    change-log entries its ``$set`` carries (``PENDING_LOG_FIELD``) belong to the log, not to the plan."""
     if plan.creates:
         return apply_plan(None, plan)
     assert stored is not None
-    paths: dict[str, Any] = {}
-    for changes in plan.lists():
-        if changes.rewrite:
-            paths[changes.name] = changes.final
-            continue
-        for index, fields in changes.updated:
-            paths.update({f"{changes.name}.{index}.{name}": value for name, value in fields.items()})
-        for offset, element in enumerate(changes.appended):
-            paths[f"{changes.name}.{changes.stored_length + offset}"] = element
-    paths.update(plan.fields)
-    paths[REVISION_FIELD] = plan.revision
-    # MongoDB refuses one update whose paths overlap ("passes" and "passes.0.status").
-    for path in paths:
-        for other in paths:
-            assert path == other or not other.startswith(path + "."), (path, other)
+    _filter, update = update_statement(plan)
+    assert set(update) == {"$set", "$unset"}, update.keys()
+    paths = {path: value for path, value in update["$set"].items() if path != PENDING_LOG_FIELD}
+    unset = list(update["$unset"])
+    # MongoDB refuses one update whose paths overlap ("passes" and "passes.0.status"), across $set and $unset.
+    every_path = [*update["$set"], *unset]
+    assert len(every_path) == len(set(every_path)), every_path
+    for path in every_path:
+        for other in every_path:
+            assert not other.startswith(path + "."), (path, other)
     document = copy.deepcopy(stored)
     for path, value in paths.items():
         _mongo_set(document, path, copy.deepcopy(value))
-    for name in plan.unset:
+    for name in unset:
         document.pop(name, None)
     return document
 
