@@ -31,7 +31,7 @@ import pytest
 
 from bytemark_cache.adapters.clock import SystemClock
 from bytemark_cache.adapters.mongo_indexes import ensure_indexes
-from bytemark_cache.bootstrap import build_services
+from bytemark_cache.bootstrap import build_services, indexed_collections
 from bytemark_cache.config import Settings
 from bytemark_cache.domain.deadline import Deadline
 from bytemark_cache.domain.hashing import payload_hash
@@ -42,7 +42,6 @@ from tests.reliability.rig import (
     assert_cache_matches,
     assert_log_replays,
     call_updates,
-    collections_of,
     purchase_body,
     snapshot,
     sqs_record,
@@ -82,7 +81,7 @@ def race_env(
         "BYTEMARK_PAGE_SIZE": "3",
         "PASSES4_LIMIT": "1000",
     }
-    ensure_indexes(mongo_db, collections_of(Settings.from_env(env)))  # type: ignore[arg-type]
+    ensure_indexes(mongo_db, indexed_collections(Settings.from_env(env)))
     for user_id in USERS:
         seed_token(user_id, f"tok-race-{user_id}")
         simulator.admin.seed_user(user_id, f"tok-race-{user_id}", current=3, expired=1, seed=user_id)

@@ -38,6 +38,7 @@ from hypothesis.stateful import (
 from bytemark_cache.adapters.bytemark_http import BytemarkHttpSource
 from bytemark_cache.adapters.mongo_indexes import ensure_indexes
 from bytemark_cache.adapters.mysql_tokens import MySqlTokenStore
+from bytemark_cache.bootstrap import indexed_collections
 from bytemark_cache.config import Settings
 from bytemark_cache.domain.deadline import Deadline
 from bytemark_cache.domain.freshness import REVOKED_RECHECK_SECONDS
@@ -51,7 +52,6 @@ from tests.reliability.rig import (
     assert_cache_matches,
     assert_log_replays,
     clear_collections,
-    collections_of,
     expected_lists,
     services_on,
     snapshot,
@@ -103,7 +103,7 @@ def model_settings(
             "PASSES4_LIMIT": "1000",
         }
     )
-    ensure_indexes(mongo_db, collections_of(settings))  # type: ignore[arg-type]
+    ensure_indexes(mongo_db, indexed_collections(settings))
     seed_token(USER, TOKEN)
     return settings
 
