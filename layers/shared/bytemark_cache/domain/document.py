@@ -207,14 +207,13 @@ def element_uuid(element: object) -> str | None:
     """The pass uuid of a stored element: ``pass_uuid``, else the legacy ``uuid``, else the payload's."""
     if not isinstance(element, Mapping):
         return None
-    for candidate in (
-        element.get("pass_uuid"),
-        element.get("uuid"),
-        _get(element.get("payload"), "uuid"),
-    ):
-        if isinstance(candidate, str) and candidate:
-            return candidate
-    return None
+    # Looked up lazily: a sync asks this of every element several times, and nearly all have a pass_uuid.
+    candidate = element.get("pass_uuid")
+    if not (isinstance(candidate, str) and candidate):
+        candidate = element.get("uuid")
+    if not (isinstance(candidate, str) and candidate):
+        candidate = _get(element.get("payload"), "uuid")
+    return candidate if isinstance(candidate, str) and candidate else None
 
 
 def normalise_element(element: Mapping[str, Any], now: float) -> tuple[Element, list[str]]:

@@ -275,14 +275,14 @@ def bound(decisions: list[Decision], limit: int) -> list[Decision]:
     not added at all. Verbatim (malformed) elements cannot be dated and neither count nor go."""
     if limit < 1:
         raise ValueError("the history limit must be at least 1")
-    dated = [
-        (element_key(decision.element), position)
+    positions = [
+        position
         for position, decision in enumerate(decisions)
         if decision.kept and decision.kind != "verbatim"
     ]
-    if len(dated) <= limit:
-        return decisions
-    dated.sort()
+    if len(positions) <= limit:
+        return decisions  # the usual case: no element is dated (order() dates them once)
+    dated = sorted((element_key(decisions[position].element), position) for position in positions)
     too_old = {position for _, position in dated[: len(dated) - limit]}
     bounded: list[Decision] = []
     for position, decision in enumerate(decisions):
