@@ -216,7 +216,7 @@ def _if_none_match() -> set[str]:
 
 
 def _bytemark_requests(services: Services) -> int:
-    return int(getattr(services.source, "requests_sent", 0))
+    return services.source.requests_sent
 
 
 def is_proxy_event(event: object) -> bool:

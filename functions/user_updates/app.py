@@ -162,7 +162,7 @@ def lambda_handler(
         raise
     now = resolved.tickets.now()
     deadline = Deadline.after(now, context.get_remaining_time_in_millis() / 1000 - SAFETY_MARGIN_SECONDS)
-    requests_before = int(getattr(resolved.source, "requests_sent", 0))
+    requests_before = resolved.source.requests_sent
     # A record without a message id can be neither synced nor reported (SQS never sends one): set aside.
     addressable = [
         r for r in records if isinstance(r, dict) and isinstance(r.get("messageId"), str) and r["messageId"]
@@ -177,7 +177,7 @@ def lambda_handler(
         processor=processor,
         context=context,
     )
-    sent = int(getattr(resolved.source, "requests_sent", 0)) - requests_before
+    sent = resolved.source.requests_sent - requests_before
     if sent:
         metrics.add_metric(name="BytemarkRequests", unit=MetricUnit.Count, value=sent)
     failures = response.get("batchItemFailures", [])

@@ -246,12 +246,7 @@ def _batch_size(parser: argparse.ArgumentParser, default: int) -> None:
 
 
 def _user_id(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a user id: {plain(raw)!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"not a user id: {raw!r}")
+    value: int = _number(raw, int, 0, "a user id")
     return value
 
 

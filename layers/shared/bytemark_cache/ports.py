@@ -23,6 +23,9 @@ class TokenStore(Protocol):
 class PassSource(Protocol):
     """Bytemark's pass lists for one user."""
 
+    requests_sent: int
+    """HTTP requests made so far (the handlers' ``BytemarkRequests`` metric is the difference)."""
+
     def fetch_passes(self, token: str, budget_seconds: float) -> FetchedPasses:
         """Both lists, every page, complete within ``budget_seconds`` (connect, every read, every page,
         retries; ``inf`` for no limit). A budget, not an instant: the caller's clock need not be the source's.
